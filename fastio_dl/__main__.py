@@ -1,0 +1,3 @@
+from fastio_dl.cli import entrypoint
+
+entrypoint()

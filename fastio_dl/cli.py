@@ -1,0 +1,310 @@
+"""The Typer CLI: parse arguments, build settings, call ``asyncio.run`` once, map the exit code.
+
+The only module that imports typer and calls ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from fastio_dl import __version__
+from fastio_dl.client import FastioClient
+from fastio_dl.config import Settings, load_settings
+from fastio_dl.errors import AuthError, ExitCode, FastioDlError, UsageError, redact
+from fastio_dl.events import Reporter
+from fastio_dl.planner import Target
+from fastio_dl.refs import parse_ref
+from fastio_dl.reporting import PROGRESS_MODES, make_reporter
+from fastio_dl.transfer import Engine, LocalPolicy, Outcome
+
+app = typer.Typer(
+    name="fastio-dl",
+    help="Fast, verified, resumable bulk downloads from Fast.io workspaces and shares.",
+    pretty_exceptions_enable=False,  # locals may hold tokens
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ----------------------------------------------------------------------------- shared options
+
+DestOpt = Annotated[Path, typer.Option("-d", "--dest", help="Destination directory.")]
+WorkspaceOpt = Annotated[
+    str | None, typer.Option("-w", "--workspace", help="Default workspace for bare node ids.")
+]
+ShareOpt = Annotated[str | None, typer.Option("-s", "--share", help="Default share for bare node ids.")]
+ConcurrencyOpt = Annotated[
+    int, typer.Option("-j", "--concurrency", min=1, max=256, help="Files transferred at once.")
+]
+RetriesOpt = Annotated[int, typer.Option("--retries", min=0, max=100, help="Retries per file and API call.")]
+StallOpt = Annotated[
+    float, typer.Option("--stall-timeout", min=0.1, help="Seconds without a byte before a read is retried.")
+]
+BackoffOpt = Annotated[
+    float, typer.Option("--backoff", min=0.0, help="First retry wait in seconds (doubles, with jitter).")
+]
+MaxWaitOpt = Annotated[
+    float, typer.Option("--max-retry-wait", min=0.0, help="Cap on any single retry wait, in seconds.")
+]
+ProgressOpt = Annotated[
+    str,
+    typer.Option(
+        "--progress",
+        help="auto (live panel on a terminal, plain lines otherwise), rich, plain, json or none.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON object per file, then a summary, to stdout.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors and the final summary.")]
+NoClobberOpt = Annotated[
+    bool, typer.Option("--no-clobber", help="Keep an existing local file that differs from the remote.")
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="API token (else FASTIO_TOKEN, FASTIO_API_KEY).", show_default=False)
+]
+ApiBaseOpt = Annotated[
+    str | None, typer.Option("--api-base", help="API base URL (else FASTIO_API_BASE).", show_default=False)
+]
+CaBundleOpt = Annotated[
+    Path | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust (else SSL_CERT_FILE).")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug notices.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fastio-dl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Fast, verified, resumable bulk downloads from Fast.io workspaces and shares."""
+
+
+# ----------------------------------------------------------------------------- error handling
+
+
+def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+    # One line: what is wrong, then what to do about it.
+    line = f"fastio-dl: error: {redact(message)}"
+    if hint:
+        line += f"; {hint}"
+    typer.echo(line, err=True)
+    raise typer.Exit(code)
+
+
+def guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
+    """Run a command body: known errors become one line + exit code; no traceback unless --debug."""
+    try:
+        code = body()
+    except FastioDlError as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(exc.message, exc.hint, int(exc.exit_code))
+    except KeyboardInterrupt:
+        typer.echo("fastio-dl: interrupted", err=True)
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc}", "run again with --debug for a traceback", 1)
+    raise typer.Exit(code)
+
+
+def read_ref_lines(values: Iterable[str]) -> list[str]:
+    """Expand ``-`` into the references read from stdin (one per line, # comments allowed)."""
+    out: list[str] = []
+    for value in values:
+        if value == "-":
+            for line in sys.stdin.read().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    out.append(line)
+        else:
+            out.append(value)
+    return out
+
+
+def check_progress(mode: str) -> str:
+    if mode not in PROGRESS_MODES:
+        raise UsageError(f"--progress must be one of {', '.join(PROGRESS_MODES)}, not {mode!r}")
+    return mode
+
+
+# ----------------------------------------------------------------------------- running the engine
+
+
+def run_engine(
+    settings: Settings,
+    targets: list[Target],
+    reporter: Reporter,
+    *,
+    policy: LocalPolicy | None = None,
+    dry_run: bool = False,
+    setup: Callable[[], Any] | None = None,
+) -> Outcome:
+    """Run the engine once under ``asyncio.run`` with SIGINT/SIGTERM wired to a clean stop."""
+    if settings.token is None:
+        raise AuthError(
+            "no API token",
+            "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY",
+        )
+    received: list[int] = []
+
+    async def go() -> Outcome:
+        async with FastioClient.open(settings, max_connections=settings.concurrency * 2 + 8) as client:
+            engine = Engine(settings, client, reporter, policy, dry_run=dry_run)
+            loop = asyncio.get_running_loop()
+
+            def on_signal(signum: int) -> None:
+                if received:
+                    os._exit(128 + signum)  # second signal: leave at once
+                received.append(signum)
+                engine.interrupt("interrupted")
+
+            installed = []
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(signum, on_signal, signum)
+                    installed.append(signum)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # not the main thread (tests) or not supported
+            try:
+                return await engine.run(targets)
+            finally:
+                for signum in installed:
+                    loop.remove_signal_handler(signum)
+
+    try:
+        outcome = asyncio.run(go())
+    finally:
+        reporter.close()
+    if received:
+        outcome.interrupted = True
+        outcome.signal = received[0]  # type: ignore[attr-defined]
+    return outcome
+
+
+def exit_code_of(outcome: Outcome) -> int:
+    if outcome.interrupted:
+        return 128 + getattr(outcome, "signal", signal.SIGINT)
+    if outcome.fatal is not None:
+        raise outcome.fatal
+    return int(ExitCode.FAILED if outcome.failed else ExitCode.OK)
+
+
+def build_settings(**flags: Any) -> Settings:
+    return load_settings(flags)
+
+
+def make_run_reporter(progress: str, json_out: bool, quiet: bool, debug: bool, settings: Settings) -> Reporter:
+    secrets = frozenset({settings.token} if settings.token else set())
+    return make_reporter(
+        check_progress(progress),
+        stderr=sys.stderr,
+        stdout=sys.stdout,
+        json_results=json_out,
+        quiet=quiet,
+        debug=debug,
+        secrets=secrets,
+    )
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@app.command()
+def get(
+    refs: Annotated[
+        list[str],
+        typer.Argument(help="Node ids, ws:/share: references or Fast.io URLs; - reads them from stdin.",
+                       show_default=False),
+    ],
+    dest: DestOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    share: ShareOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    retries: RetriesOpt = 5,
+    stall_timeout: StallOpt = 60.0,
+    backoff: BackoffOpt = 1.0,
+    max_retry_wait: MaxWaitOpt = 300.0,
+    progress: ProgressOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    no_clobber: NoClobberOpt = False,
+    token: TokenOpt = None,
+    api_base: ApiBaseOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Download files and whole folders (recursively) into DEST."""
+
+    def body() -> int:
+        check_progress(progress)
+        texts = read_ref_lines(refs)
+        if not texts:
+            raise UsageError("no references given", "pass node ids, ws:/share: references or URLs")
+        parsed = [parse_ref(t, workspace=workspace, share=share) for t in texts]
+        settings = build_settings(
+            token=token, api_base=api_base, ca_bundle=ca_bundle, dest=dest, workspace=workspace,
+            share=share, concurrency=concurrency, retries=retries, stall_timeout=stall_timeout,
+            backoff_initial=backoff, max_retry_wait=max_retry_wait, no_clobber=no_clobber, debug=debug,
+        )
+        reporter = make_run_reporter(progress, json_out, quiet, debug, settings)
+        outcome = run_engine(settings, [Target(r) for r in parsed], reporter)
+        return exit_code_of(outcome)
+
+    guarded(debug, body)
+
+
+@app.command()
+def demo(
+    dest: Annotated[
+        Path | None, typer.Option("-d", "--dest", help="Where to download (default: a temporary directory).")
+    ] = None,
+    files: Annotated[int, typer.Option("--files", min=1, help="Files in the sample workspace.")] = 150,
+    concurrency: ConcurrencyOpt = 8,
+    progress: ProgressOpt = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    """Start the bundled emulator with sample data and download it all, live panel and all."""
+    from fastio_dl.demo import run_demo
+
+    def body() -> int:
+        check_progress(progress)
+        with tempfile.TemporaryDirectory(prefix="fastio-dl-demo-") as tmp:
+            target = dest or Path(tmp)
+            return run_demo(
+                target,
+                files=files,
+                concurrency=concurrency,
+                make_reporter_for=lambda s: make_run_reporter(progress, False, False, debug, s),
+                run=run_engine,
+                keep=dest is not None,
+            )
+
+    guarded(debug, body)
+
+
+def entrypoint() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,541 @@
+"""A real aiohttp server that speaks the Fast.io API contract, with switches for every fault.
+
+Bound to 127.0.0.1 only. Used by the tests, the demo, the benchmarks, and anyone who wants to
+try fastio-dl offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import random
+import secrets
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from fastio_dl.emulator.data import BytesBlob, Node, Space, Store
+
+HOST = "127.0.0.1"
+DEFAULT_TOKEN = "fastio-emulator-token"
+READ_TOKEN_TTL = 2 * 3600
+BODY_CHUNK = 256 * 1024
+PREFIXES = ("/current", "/v1.0")
+T = TypeVar("T")
+
+FAULT_KINDS = (
+    "rate_limit",  # 429; retry_after None -> no body hint (headers only)
+    "server_error",  # 5xx burst (status)
+    "drop",  # close the connection after after_bytes of the body
+    "stall",  # stop sending for `seconds` after after_bytes
+    "wrong_bytes",  # flip a byte at after_bytes (hash check must fail)
+    "expire_token",  # 401 on a ?token= read
+    "long_length",  # Content-Length longer than the body, then close
+    "ignore_range",  # answer 200 with the full body to a Range request
+    "payment",  # 402 out of credits
+)
+
+
+@dataclass
+class Fault:
+    kind: str
+    endpoint: str = "read"  # read | api | any
+    times: int | None = None  # how many times it fires; None: every time (with probability)
+    probability: float = 1.0
+    after_bytes: int = 0
+    seconds: float = 0.0
+    status: int = 503
+    retry_after: float | None = 0.0
+    min_size: int = 0  # only reads of files at least this large
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}; one of {', '.join(FAULT_KINDS)}")
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        """``kind[:key=value,...]``, e.g. ``drop:after_bytes=1000,times=3,probability=0.5``."""
+        kind, _, rest = text.partition(":")
+        kwargs: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        aliases = {"after": "after_bytes", "p": "probability", "n": "times"}
+        for pair in filter(None, rest.split(",")):
+            key, _, value = pair.partition("=")
+            key = aliases.get(key.strip(), key.strip())
+            if key not in types:
+                raise ValueError(f"unknown fault option {key!r}")
+            if value.lower() in ("none", ""):
+                kwargs[key] = None
+            elif key in ("times", "after_bytes", "status", "min_size"):
+                kwargs[key] = int(value)
+            elif key in ("probability", "seconds", "retry_after"):
+                kwargs[key] = float(value)
+            else:
+                kwargs[key] = value
+        return cls(kind=kind.strip(), **kwargs)
+
+
+@dataclass
+class Switches:
+    latency: float = 0.0  # seconds added to every request
+    bandwidth: int = 0  # bytes per second per read (0: unlimited)
+    range_enabled: bool = True
+    faults: list[Fault] = field(default_factory=list)
+    seed: int = 7
+
+
+class Emulator:
+    """State, counters and the aiohttp application."""
+
+    def __init__(self, store: Store, switches: Switches | None = None, tokens: set[str] | None = None) -> None:
+        self.store = store
+        self.switches = switches or Switches()
+        self.tokens = tokens if tokens is not None else {DEFAULT_TOKEN}
+        self.read_tokens: dict[str, tuple[str, str, str, float]] = {}
+        self.counters: Counter[str] = Counter()
+        self.rng = random.Random(self.switches.seed)
+        self.requests: list[dict[str, Any]] = []  # (endpoint, headers) of the last requests
+        self.app = self._make_app()
+
+    # ------------------------------------------------------------------ faults
+    def set_faults(self, faults: list[Fault]) -> None:
+        self.switches.faults = list(faults)
+
+    def _fire(self, kind: str, endpoint: str, size: int = 0) -> Fault | None:
+        for fault in self.switches.faults:
+            if fault.kind != kind or (fault.times is not None and fault.times <= 0):
+                continue
+            if fault.endpoint not in ("any", endpoint):
+                continue
+            if size < fault.min_size:
+                continue
+            if fault.probability < 1.0 and self.rng.random() >= fault.probability:
+                continue
+            if fault.times is not None:
+                fault.times -= 1
+            self.counters[f"fault:{kind}"] += 1
+            return fault
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"counters": dict(self.counters), "read_tokens_live": len(self.read_tokens)}
+
+    def reset_counters(self) -> None:
+        self.counters.clear()
+        self.requests.clear()
+
+    # ------------------------------------------------------------------ app
+    def _make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        for prefix in PREFIXES:
+            app.router.add_get(prefix + "/user/auth/check/", self.auth_check)
+            base = prefix + r"/{ctx:workspace|share}/{sid}/storage/{node}/"
+            app.router.add_get(base + "details/", self.details)
+            app.router.add_get(base + "list/", self.list_folder)
+            app.router.add_get(base + "versions/", self.versions)
+            app.router.add_get(base + "requestread/", self.request_read)
+            app.router.add_get(base + "read/", self.read)
+        app.router.add_get("/_emulator/stats", self.admin_stats)
+        app.router.add_post("/_emulator/faults", self.admin_faults)
+        app.router.add_post("/_emulator/reset", self.admin_reset)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        if request.path.startswith("/_emulator/"):
+            return await handler(request)  # type: ignore[no-any-return]
+        endpoint = request.path.rstrip("/").rsplit("/", 1)[-1]
+        self.counters[endpoint] += 1
+        self.counters["requests"] += 1
+        if len(self.requests) < 10_000:
+            self.requests.append({"endpoint": endpoint, "headers": dict(request.headers)})
+        if self.switches.latency:
+            await asyncio.sleep(self.switches.latency)
+        kind = "read" if endpoint == "read" else "api"
+        fault = self._fire("rate_limit", kind)
+        if fault is not None:
+            self.counters["status:429"] += 1
+            params = {} if fault.retry_after is None else {"retry_after_seconds": fault.retry_after}
+            headers = {
+                "x-ve-limit-avail": "0",
+                "x-ve-limit-max": "100",
+                "x-ve-limit-expires": str(math.ceil(time.time() + fault.seconds)),
+            }
+            return _error(429, 145858, "Rate Limited", params=params, headers=headers)
+        fault = self._fire("server_error", kind)
+        if fault is not None:
+            self.counters[f"status:{fault.status}"] += 1
+            return web.Response(status=fault.status, text="<html>upstream unavailable</html>",
+                                content_type="text/html")
+        fault = self._fire("payment", kind)
+        if fault is not None:
+            return _error(402, 1402, "Payment Required")
+        response = await handler(request)
+        self.counters[f"status:{response.status}"] += 1
+        if kind == "api":
+            response.headers["x-ve-limit-avail"] = "1000"
+            response.headers["x-ve-limit-max"] = "1000"
+            response.headers["x-ve-limit-expires"] = str(int(time.time()) + 60)
+        return response  # type: ignore[no-any-return]
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer ") and header[7:] in self.tokens:
+            return None
+        return _error(401, 10001, "Authentication required" if not header else "Invalid token")
+
+    def _space(self, request: web.Request) -> Space | web.Response:
+        kind = request.match_info["ctx"]
+        space = self.store.find(kind, request.match_info["sid"])
+        if space is None:
+            return _error(404, 1404, f"{kind} not found")
+        return space
+
+    @staticmethod
+    def _node(space: Space, raw: str) -> Node | None:
+        key = raw.lower().replace("-", "")
+        return space.nodes.get(key)
+
+    # ------------------------------------------------------------------ endpoints
+    async def auth_check(self, request: web.Request) -> web.Response:
+        denied = self._auth(request)
+        if denied:
+            return denied
+        return _ok({"user": {"id": "1234567890123456789", "email_address": "emulator@example.invalid"}})
+
+    async def details(self, request: web.Request) -> web.Response:
+        denied = self._auth(request)
+        if denied:
+            return denied
+        space = self._space(request)
+        if isinstance(space, web.Response):
+            return space
+        raw = request.match_info["node"]
+        ids = raw.split(",")
+        if len(ids) > 25:
+            return _error(400, 1400, "At most 25 node ids per request")
+        if len(ids) == 1:
+            node = self._node(space, ids[0])
+            if node is None:
+                return _error(404, 1404, "Node not found")
+            return _ok({"format": "single", "node": node.to_json()})
+        nodes, errors = [], []
+        for node_id in ids:
+            node = self._node(space, node_id)
+            if node is None:
+                errors.append({"node_id": node_id, "code": 1404, "message": "Node not found"})
+            else:
+                nodes.append(node.to_json())
+        self.rng.shuffle(nodes)  # the contract says order is not preserved
+        body = {"result": bool(nodes), "format": "multi", "nodes": nodes, "errors": errors}
+        return web.json_response(body, status=200 if nodes else 404)
+
+    async def list_folder(self, request: web.Request) -> web.Response:
+        denied = self._auth(request)
+        if denied:
+            return denied
+        space = self._space(request)
+        if isinstance(space, web.Response):
+            return space
+        node = self._node(space, request.match_info["node"])
+        if node is None or node.type != "folder":
+            return _error(404, 1404, "Folder not found")
+        try:
+            page_size = int(request.query.get("page_size", "100"))
+        except ValueError:
+            page_size = 0
+        if page_size not in (100, 250, 500):
+            return _error(400, 1400, "page_size must be 100, 250 or 500")
+        children = sorted((space.nodes[c] for c in space.children[node.id]), key=lambda n: (n.name, n.id))
+        cursor = request.query.get("cursor")
+        start = 0
+        if cursor:
+            try:
+                start = int(cursor, 16)
+            except ValueError:
+                return _error(400, 1400, "bad cursor")
+        page = children[start : start + page_size]
+        more = start + page_size < len(children)
+        next_cursor = format(start + page_size, "x") if more else None
+        return _ok(
+            {
+                "nodes": {"items": [c.to_json() for c in page], "count": len(page)},
+                "next_cursor": next_cursor,
+                "pagination": {"page_size": page_size, "has_more": more, "next_cursor": next_cursor},
+            }
+        )
+
+    async def versions(self, request: web.Request) -> web.Response:
+        denied = self._auth(request)
+        if denied:
+            return denied
+        space = self._space(request)
+        if isinstance(space, web.Response):
+            return space
+        node = self._node(space, request.match_info["node"])
+        if node is None or node.type != "file":
+            return _error(404, 1404, "File not found")
+        return _ok(
+            {
+                "versions": [
+                    {"id": v.id, "size": v.blob.size, "hash": v.blob.digest(node.hash_algo),
+                     "hash_algo": node.hash_algo,
+                     "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v.created))}
+                    for v in node.versions
+                ]
+            }
+        )
+
+    async def request_read(self, request: web.Request) -> web.Response:
+        denied = self._auth(request)
+        if denied:
+            return denied
+        space = self._space(request)
+        if isinstance(space, web.Response):
+            return space
+        node = self._node(space, request.match_info["node"])
+        if node is None:
+            return _error(404, 1404, "Node not found")
+        token = "rt." + secrets.token_urlsafe(24)
+        self.read_tokens[token] = (space.kind, space.id, node.id, time.time() + READ_TOKEN_TTL)
+        self.counters["tokens_minted"] += 1
+        return _ok({"token": token})
+
+    async def read(self, request: web.Request) -> web.StreamResponse:
+        space = self._space(request)
+        if isinstance(space, web.Response):
+            return space
+        node = self._node(space, request.match_info["node"])
+        token = request.query.get("token")
+        if token:
+            grant = self.read_tokens.get(token)
+            valid = (
+                grant is not None
+                and node is not None
+                and grant[:3] == (space.kind, space.id, node.id)
+                and grant[3] > time.time()
+            )
+            if not valid or self._fire("expire_token", "read"):
+                return _error(401, 10002, "Read token invalid or expired")
+        else:
+            denied = self._auth(request)
+            if denied:
+                return denied
+        if node is None:
+            return _error(404, 1404, "Node not found")
+        if node.type != "file" or node.blob is None:
+            return _error(400, 1400, f"A {node.type} has no bytes to read")
+        blob = node.blob
+        version_id = request.query.get("version_id")
+        if version_id:
+            match = [v for v in node.versions if v.id == version_id]
+            if not match:
+                return _error(404, 1404, "Version not found")
+            blob = match[0].blob
+        size = blob.size
+        start, end, status = 0, size - 1, 200
+        range_header = request.headers.get("Range")
+        ignore = not self.switches.range_enabled or self._fire("ignore_range", "read", size)
+        if range_header and not ignore:
+            parsed = _parse_range(range_header, size)
+            if parsed is None:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+            start, end = parsed
+            status = 206
+        length = max(0, end - start + 1)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{node.name.encode("ascii", "replace").decode()}"',
+            "ETag": f'"{blob.digest(node.hash_algo)}"',
+        }
+        if self.switches.range_enabled:
+            headers["Accept-Ranges"] = "bytes"
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        long_length = self._fire("long_length", "read", size)
+        drop = self._fire("drop", "read", size)
+        stall = self._fire("stall", "read", size)
+        wrong = self._fire("wrong_bytes", "read", size)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = length + (1000 if long_length else 0)
+        await response.prepare(request)
+        sent = 0
+        bandwidth = self.switches.bandwidth
+        chunk = min(BODY_CHUNK, max(4096, bandwidth // 20)) if bandwidth else BODY_CHUNK
+        began = time.monotonic()
+        while sent < length:
+            piece = min(chunk, length - sent)
+            if drop is not None and sent < drop.after_bytes:
+                piece = min(piece, drop.after_bytes - sent)
+            if stall is not None and sent < stall.after_bytes:
+                piece = min(piece, stall.after_bytes - sent)
+            data = blob.read(start + sent, piece)
+            if wrong is not None and sent <= wrong.after_bytes < sent + len(data):
+                at = wrong.after_bytes - sent
+                data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+            await response.write(data)
+            sent += len(data)
+            self.counters["read_bytes"] += len(data)
+            if drop is not None and sent >= drop.after_bytes:
+                return _abort(request, response)
+            if stall is not None and sent == stall.after_bytes:
+                await asyncio.sleep(stall.seconds)
+                stall = None
+            if bandwidth:
+                ahead = sent / bandwidth - (time.monotonic() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        if long_length:
+            return _abort(request, response)
+        await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------ admin
+    async def admin_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def admin_faults(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.set_faults([Fault(**item) for item in body.get("faults", [])])
+        if "latency" in body:
+            self.switches.latency = float(body["latency"])
+        if "bandwidth" in body:
+            self.switches.bandwidth = int(body["bandwidth"])
+        if "range_enabled" in body:
+            self.switches.range_enabled = bool(body["range_enabled"])
+        return web.json_response({"faults": [asdict(f) for f in self.switches.faults]})
+
+    async def admin_reset(self, request: web.Request) -> web.Response:
+        self.reset_counters()
+        return web.json_response({"ok": True})
+
+
+def _abort(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    # Close the socket mid-body: the client sees a broken transfer, as with a dropped link.
+    if request.transport is not None:
+        request.transport.abort()
+    return response
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    if not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].partition("-")
+    try:
+        if first == "":
+            count = int(last)
+            return (max(0, size - count), size - 1) if count > 0 and size > 0 else None
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+def _ok(payload: dict[str, Any]) -> web.Response:
+    return web.json_response({"result": True, **payload})
+
+
+def _error(status: int, code: int, text: str, *, params: Any = None, headers: dict[str, str] | None = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "text": text}
+    if params is not None:
+        error["params"] = params
+    return web.json_response({"result": False, "error": error}, status=status, headers=headers)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class EmulatorThread:
+    """Run an :class:`Emulator` on 127.0.0.1 in a background thread with its own event loop.
+
+    The CLI under test calls ``asyncio.run`` itself, so the server cannot share its loop.
+    """
+
+    def __init__(self, emulator: Emulator, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.emulator = emulator
+        self.port = port
+        self.ssl_context = ssl_context
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="fastio-emulator", daemon=True)
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{HOST}:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        return self.base_url + "/current"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._start())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self._stop())
+        self.loop.close()
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.emulator.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, HOST, self.port, ssl_context=self.ssl_context, backlog=1024)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def start(self) -> EmulatorThread:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+    def call(self, func: Callable[[], T]) -> T:
+        """Run ``func`` on the server's loop (safe mutation of data, faults, counters)."""
+        future: asyncio.Future[T] = asyncio.run_coroutine_threadsafe(_call(func), self.loop)  # type: ignore[arg-type]
+        return future.result(30)
+
+    def __enter__(self) -> EmulatorThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def _call(func: Callable[[], T]) -> T:
+    return func()
+
+
+def blob_of(data: bytes) -> BytesBlob:
+    return BytesBlob(data)
+
+

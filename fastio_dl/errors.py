@@ -1,0 +1,140 @@
+"""Errors and exit codes, in one place.
+
+Hierarchy::
+
+    FastioDlError                 one line for the user + a hint; carries its ExitCode
+    ├── UsageError                bad option, reference or manifest (exit 2)
+    ├── AuthError                 no token, 401/403 on the API (exit 3)
+    │   └── PaymentRequiredError  402: out of credits, stops the run (exit 3)
+    ├── LockedError               another run holds the destination lock (exit 4)
+    └── TransferError             one file failed; the run goes on (exit 1 at the end)
+        ├── ApiError              an HTTP error answered by the API or the read endpoint
+        ├── IntegrityError        size or hash mismatch after a complete read
+        ├── DiskSpaceError        not enough room for a file
+        └── CollisionError        two remote files map to one local path
+
+This module imports nothing from the package so that every other module may use it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes; documented in the README and stable."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    AUTH = 3
+    LOCKED = 4
+    INTERRUPTED = 130
+    TERMINATED = 143
+
+
+class FastioDlError(Exception):
+    """An error the CLI reports as one line (plus an optional hint), never a traceback."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(FastioDlError):
+    exit_code = ExitCode.USAGE
+
+
+class AuthError(FastioDlError):
+    exit_code = ExitCode.AUTH
+
+
+class PaymentRequiredError(AuthError):
+    pass
+
+
+class LockedError(FastioDlError):
+    exit_code = ExitCode.LOCKED
+
+
+class TransferError(FastioDlError):
+    """A failure of one file. ``retryable`` tells the retry policy whether to try again."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        retryable: bool | None = None,
+        wait_hint: float | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        if retryable is not None:
+            self.retryable = retryable
+        #: seconds the server asked us to wait before the next attempt, if it said so
+        self.wait_hint = wait_hint
+
+
+# Statuses worth another attempt (API contract, section 5).
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class ApiError(TransferError):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        hint: str | None = None,
+        *,
+        wait_hint: float | None = None,
+    ) -> None:
+        super().__init__(
+            message, hint, retryable=status in RETRYABLE_STATUSES, wait_hint=wait_hint
+        )
+        self.status = status
+
+
+class IntegrityError(TransferError):
+    """The bytes read do not match the size or hash the API announced."""
+
+    retryable = True
+
+
+class ShortReadError(TransferError):
+    """The body ended (or the connection broke) before all bytes arrived."""
+
+    retryable = True
+
+
+class DiskSpaceError(TransferError):
+    pass
+
+
+class WriteError(TransferError):
+    """A local write failed (ENOSPC, EIO, permission): stops new files from starting."""
+
+
+class CollisionError(TransferError):
+    pass
+
+
+_TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
+
+
+def redact(text: str, secrets: tuple[str, ...] | frozenset[str] = ()) -> str:
+    """Remove bearer capabilities (``token=`` query values, bearer tokens, known secrets)."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    text = _TOKEN_QUERY.sub(r"\1REDACTED", text)
+    return _BEARER.sub(r"\1***", text)

@@ -1,0 +1,251 @@
+"""References -> a stream of plan entries: (remote file, safe local path), skips and failures.
+
+The planner runs ahead of the download slots and feeds them through a queue, so that folder
+listings and bulk details overlap the transfers instead of preceding them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastio_dl.client import BULK_DETAILS_MAX, FastioClient
+from fastio_dl.errors import AuthError, FastioDlError
+from fastio_dl.refs import Ref
+from fastio_dl.storage import safe_name, safe_relpath
+
+LIST_CONCURRENCY = 4
+DETAILS_CONCURRENCY = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One thing to fetch: a reference and, optionally, where it goes (manifest ``DEST``)."""
+
+    ref: Ref
+    dest: Path | None = None  # relative; for a file the file path, for a folder the directory
+    line: int | None = None  # manifest line, for --failed-manifest and messages
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    context: str
+    context_id: str
+    node_id: str
+    name: str
+    size: int
+    hash: str | None
+    hash_algo: str | None
+    version: str | None
+
+
+@dataclass(slots=True)
+class PlanItem:
+    target: Target
+    remote: RemoteFile
+    relpath: Path
+    key: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSkip:
+    target: Target
+    node_id: str
+    relpath: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanFailure:
+    target: Target
+    node_id: str
+    relpath: Path | None
+    error: str
+
+
+PlanEntry = PlanItem | PlanSkip | PlanFailure
+
+
+def _norm(node_id: str) -> str:
+    return node_id.replace("-", "").lower()
+
+
+def remote_file(context: str, context_id: str, node: Mapping[str, Any]) -> RemoteFile:
+    size = node.get("size")
+    try:
+        size_int = int(size) if size is not None else -1
+    except (TypeError, ValueError):
+        size_int = -1
+    version = node.get("version")
+    return RemoteFile(
+        context=context,
+        context_id=context_id,
+        node_id=_norm(str(node.get("id", ""))),
+        name=str(node.get("name") or node.get("id") or "unnamed"),
+        size=size_int,
+        hash=str(node["hash"]).lower() if node.get("hash") else None,
+        hash_algo=str(node["hash_algo"]).lower() if node.get("hash_algo") else None,
+        version=None if version is None else str(version),
+    )
+
+
+def _is_complete(node: Mapping[str, Any]) -> bool:
+    return node.get("size") is not None and bool(node.get("hash")) and "version" in node
+
+
+@dataclass
+class Planner:
+    client: FastioClient
+    out: asyncio.Queue[PlanEntry | None]
+    claimed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _next_key: int = 0
+    _details_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DETAILS_CONCURRENCY))
+    _list_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(LIST_CONCURRENCY))
+
+    async def run(self, targets: list[Target]) -> None:
+        """Plan every target, then put ``None`` to say the plan is complete."""
+        try:
+            roots = [t for t in targets if t.ref.node in ("root", "trash")]
+            by_context: dict[tuple[str, str], list[Target]] = {}
+            for target in targets:
+                if target.ref.node not in ("root", "trash"):
+                    by_context.setdefault((target.ref.context, target.ref.context_id), []).append(target)
+            jobs = [self._walk_root(t) for t in roots]
+            for (context, context_id), group in by_context.items():
+                for start in range(0, len(group), BULK_DETAILS_MAX):
+                    jobs.append(self._resolve(context, context_id, group[start : start + BULK_DETAILS_MAX]))
+            await _gather_all(jobs)
+        finally:
+            await self.out.put(None)
+
+    async def _emit(self, entry: PlanEntry) -> None:
+        if isinstance(entry, PlanItem):
+            path_key = entry.relpath.as_posix()
+            owner = (entry.remote.context_id, entry.remote.node_id)
+            other = self.claimed.get(path_key)
+            if other == owner:
+                return  # the same file asked for twice: fetch it once
+            if other is not None:
+                await self.out.put(
+                    PlanFailure(
+                        entry.target,
+                        entry.remote.node_id,
+                        entry.relpath,
+                        f"local path {path_key} is already taken by node {other[1]}; "
+                        "give one of them another DEST in a manifest",
+                    )
+                )
+                return
+            self.claimed[path_key] = owner
+            self._next_key += 1
+            entry.key = self._next_key
+        await self.out.put(entry)
+
+    async def _resolve(self, context: str, context_id: str, group: list[Target]) -> None:
+        async with self._details_gate:
+            try:
+                nodes, errors = await self.client.details(context, context_id, [t.ref.node for t in group])
+            except AuthError:
+                raise
+            except FastioDlError as exc:
+                for target in group:
+                    await self._emit(PlanFailure(target, target.ref.node, None, str(exc)))
+                return
+        by_id = {_norm(str(n.get("id", ""))): n for n in nodes}
+        jobs = []
+        for target in group:
+            node = by_id.get(target.ref.node)
+            if node is None:
+                why = errors.get(target.ref.node, "not found")
+                await self._emit(PlanFailure(target, target.ref.node, None, f"node {target.ref.node}: {why}"))
+                continue
+            kind = str(node.get("type", "file")).lower()
+            name = str(node.get("name") or target.ref.node)
+            if kind == "folder":
+                base = target.dest if target.dest is not None else Path(safe_name(name))
+                jobs.append(self._walk(target, context, context_id, target.ref.node, base))
+            else:
+                relpath = target.dest if target.dest is not None else Path(safe_name(name))
+                await self._file_entry(target, context, context_id, node, relpath)
+        await _gather_all(jobs)
+
+    async def _file_entry(
+        self, target: Target, context: str, context_id: str, node: Mapping[str, Any], relpath: Path
+    ) -> None:
+        kind = str(node.get("type", "file")).lower()
+        node_id = _norm(str(node.get("id", "")))
+        if kind in ("note", "link"):
+            await self._emit(PlanSkip(target, node_id, relpath, f"{kind} (no bytes to download)"))
+        elif kind != "file":
+            await self._emit(PlanSkip(target, node_id, relpath, f"unsupported node type {kind!r}"))
+        else:
+            remote = remote_file(context, context_id, node)
+            if remote.size < 0:
+                await self._emit(PlanFailure(target, node_id, relpath, "the API gave no size for this file"))
+            else:
+                await self._emit(PlanItem(target, remote, relpath))
+
+    async def _walk_root(self, target: Target) -> None:
+        base = target.dest if target.dest is not None else Path()
+        await self._walk(target, target.ref.context, target.ref.context_id, target.ref.node, base)
+
+    async def _walk(self, target: Target, context: str, context_id: str, folder: str, base: Path) -> None:
+        subfolders: list[tuple[str, Path]] = []
+        try:
+            async with self._list_gate:
+                async for page in self.client.list_folder(context, context_id, folder):
+                    incomplete: list[Mapping[str, Any]] = []
+                    for child in page:
+                        kind = str(child.get("type", "file")).lower()
+                        name = str(child.get("name") or child.get("id") or "unnamed")
+                        relpath = base / safe_relpath([name])
+                        if kind == "folder":
+                            subfolders.append((_norm(str(child.get("id", ""))), relpath))
+                        elif kind == "file" and not _is_complete(child):
+                            incomplete.append(child)
+                        else:
+                            await self._file_entry(target, context, context_id, child, relpath)
+                    if incomplete:
+                        await self._complete(target, context, context_id, base, incomplete)
+        except AuthError:
+            raise
+        except FastioDlError as exc:
+            await self._emit(PlanFailure(target, folder, base, f"listing folder {folder}: {exc}"))
+            return
+        await _gather_all(
+            [self._walk(target, context, context_id, node_id, path) for node_id, path in subfolders]
+        )
+
+    async def _complete(
+        self, target: Target, context: str, context_id: str, base: Path, partial: list[Mapping[str, Any]]
+    ) -> None:
+        """Some builds list files without hash/version: ask bulk details for those."""
+        for start in range(0, len(partial), BULK_DETAILS_MAX):
+            chunk = partial[start : start + BULK_DETAILS_MAX]
+            ids = [_norm(str(n.get("id", ""))) for n in chunk]
+            names = {_norm(str(n.get("id", ""))): str(n.get("name") or n.get("id")) for n in chunk}
+            async with self._details_gate:
+                nodes, errors = await self.client.details(context, context_id, ids)
+            for node in nodes:
+                node_id = _norm(str(node.get("id", "")))
+                name = names.get(node_id, str(node.get("name")))
+                await self._file_entry(target, context, context_id, node, base / safe_relpath([name]))
+            for node_id, why in errors.items():
+                await self._emit(PlanFailure(target, node_id, base / safe_relpath([names.get(node_id, node_id)]), why))
+
+
+async def _gather_all(jobs: list[Any]) -> None:
+    """Run jobs concurrently; if one fails, cancel the rest and raise its error."""
+    if not jobs:
+        return
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

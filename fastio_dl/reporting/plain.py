@@ -1,0 +1,85 @@
+"""Plain lines for logs and cron: one line per finished or failed file, periodic totals."""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+from fastio_dl.errors import redact
+from fastio_dl.events import (
+    Event,
+    FileFinished,
+    FileProgress,
+    FileQueued,
+    FileRetry,
+    Notice,
+    RunSummary,
+)
+from fastio_dl.storage import human_bytes
+
+TOTALS_EVERY = 5.0
+
+
+def summary_line(event: RunSummary) -> str:
+    rate = event.bytes / event.seconds if event.seconds > 0 else 0.0
+    head = "interrupted: " if event.interrupted else ""
+    return (
+        f"{head}{event.downloaded} downloaded, {event.skipped} skipped, {event.failed} failed; "
+        f"{human_bytes(event.bytes)} in {event.seconds:.1f} s ({human_bytes(rate)}/s)"
+    )
+
+
+class PlainReporter:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        quiet: bool = False,
+        debug: bool = False,
+        secrets: frozenset[str] = frozenset(),
+        summary: bool = True,
+        clock: type[time.monotonic] | None = None,  # type: ignore[valid-type]
+    ) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.debug = debug
+        self.secrets = secrets
+        self.summary = summary
+        self._clock = time.monotonic
+        self._last_totals = self._clock()
+        self._queued = 0
+        self._finished = 0
+        self._bytes = 0
+
+    def _line(self, text: str) -> None:
+        self.stream.write(redact(text, self.secrets) + "\n")
+        self.stream.flush()
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, FileProgress):
+            self._bytes += event.delta
+            if not self.quiet and self._clock() - self._last_totals >= TOTALS_EVERY:
+                self._last_totals = self._clock()
+                self._line(f"progress: {self._finished}/{self._queued} files, {human_bytes(self._bytes)}")
+        elif isinstance(event, FileQueued):
+            self._queued += 1
+        elif isinstance(event, FileFinished):
+            self._finished += 1
+            if event.status == "failed":
+                self._line(f"failed: {event.path or event.ref}: {event.error}")
+            elif not self.quiet:
+                extra = f" ({event.reason})" if event.reason else ""
+                self._line(f"{event.status}: {event.path}{extra}")
+        elif isinstance(event, FileRetry):
+            if not self.quiet:
+                self._line(
+                    f"retry {event.attempt}: {event.path}: {event.error} (next try in {event.wait:.1f} s)"
+                )
+        elif isinstance(event, Notice):
+            if event.level == "error" or (not self.quiet) and (event.level == "warning" or self.debug):
+                self._line(f"{event.level}: {event.message}")
+        elif isinstance(event, RunSummary) and self.summary:
+            self._line(summary_line(event))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,276 @@
+"""Local side: safe paths, ``.part`` files with a resume sidecar, verification, atomic rename.
+
+A final file name only ever appears through :meth:`PartFile.commit`, after the size and hash
+check passed and the bytes were fsynced; until then the bytes live in ``NAME.part``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NewType
+
+import aiofiles
+import aiofiles.os
+
+from fastio_dl.errors import DiskSpaceError, IntegrityError, TransferError, WriteError
+
+PART_SUFFIX = ".part"
+SIDECAR_SUFFIX = ".part.json"
+# Room for ".part.json" after the longest name we produce, under the usual 255-byte limit.
+MAX_NAME_BYTES = 255 - len(SIDECAR_SUFFIX)
+DISK_MARGIN = 8 * 1024 * 1024
+HASH_BLOCK = 1024 * 1024
+KNOWN_ALGOS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
+_WINDOWS_RESERVED = frozenset(
+    {"con", "prn", "aux", "nul"}
+    | {f"com{i}" for i in range(1, 10)}
+    | {f"lpt{i}" for i in range(1, 10)}
+)
+
+#: One path component that the sanitiser produced: no separators, no "..", no control bytes.
+SafeName = NewType("SafeName", str)
+
+
+def safe_name(name: str) -> SafeName:
+    """Map any remote name to a deterministic local name that cannot leave its directory."""
+    value = unicodedata.normalize("NFC", name)
+    value = "".join(
+        "_" if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in value
+    )
+    # Trailing dots and spaces vanish on Windows and make two names one; leading/trailing
+    # whitespace is invisible in listings.
+    value = value.strip().rstrip(". ")
+    if value in ("", ".", ".."):
+        value = "_" + value.replace(".", "_") if value else "_"
+    stem = value.split(".", 1)[0].lower()
+    if stem in _WINDOWS_RESERVED:
+        value = "_" + value
+    if value != name or len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        value = _fit(value, name)
+    return SafeName(value)
+
+
+def _fit(value: str, original: str) -> str:
+    raw = value.encode("utf-8")
+    if len(raw) <= MAX_NAME_BYTES:
+        return value
+    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    root, dot, ext = value.rpartition(".")
+    if not dot or len(ext.encode()) > 16:
+        root, ext = value, ""
+    tail = f"~{digest}" + (f".{ext}" if ext else "")
+    budget = MAX_NAME_BYTES - len(tail.encode())
+    head = root.encode("utf-8")[:budget].decode("utf-8", "ignore")
+    return head + tail
+
+
+def safe_relpath(parts: list[str]) -> Path:
+    """Join sanitised components into a relative path (each one via :func:`safe_name`)."""
+    return Path(*[safe_name(p) for p in parts]) if parts else Path()
+
+
+def ensure_inside(dest: Path, path: Path) -> Path:
+    """Refuse a path that resolves (through symlinks) outside ``dest``."""
+    root = dest.resolve()
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise TransferError(
+            f"refusing to write {path}: it resolves outside the destination {root}",
+            "remove the symlink that points outside the destination",
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def new_hasher(algo: str | None) -> Any:
+    if algo and algo.lower() in KNOWN_ALGOS:
+        return hashlib.new(algo.lower())
+    return None
+
+
+def hash_file(path: Path, algo: str, limit: int | None = None) -> tuple[Any, int]:
+    """Hash the first ``limit`` bytes (all by default); return (hasher, bytes read)."""
+    hasher = hashlib.new(algo)
+    done = 0
+    with path.open("rb") as handle:
+        while limit is None or done < limit:
+            want = HASH_BLOCK if limit is None else min(HASH_BLOCK, limit - done)
+            block = handle.read(want)
+            if not block:
+                break
+            hasher.update(block)
+            done += len(block)
+    return hasher, done
+
+
+async def matches_local(path: Path, size: int, algo: str | None, digest: str | None) -> bool:
+    """True when ``path`` holds exactly the remote bytes (same size and hash)."""
+    try:
+        stat = await aiofiles.os.stat(path)
+    except FileNotFoundError:
+        return False
+    if stat.st_size != size:
+        return False
+    if not digest or not algo or algo.lower() not in KNOWN_ALGOS:
+        return False
+    hasher, _ = await asyncio.to_thread(hash_file, path, algo.lower())
+    return bool(hasher.hexdigest() == digest.lower())
+
+
+# ----------------------------------------------------------------------------- part files
+
+
+@dataclass(frozen=True)
+class PartMeta:
+    """What the sidecar remembers so that the next run can resume safely."""
+
+    node_id: str
+    version: str | None
+    hash: str | None
+    hash_algo: str | None
+    size: int
+
+
+def part_path(final: Path) -> Path:
+    return final.with_name(final.name + PART_SUFFIX)
+
+
+def sidecar_path(final: Path) -> Path:
+    return final.with_name(final.name + SIDECAR_SUFFIX)
+
+
+def check_disk_space(directory: Path, needed: int) -> None:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return
+    if needed + DISK_MARGIN > free:
+        raise DiskSpaceError(
+            f"not enough disk space: need {human_bytes(needed)}, have {human_bytes(free)}",
+            "free some space or choose another destination with -d",
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    if exc.errno == errno.ENOSPC:
+        return WriteError(f"disk full while writing {path.name}", "free some space, then run again")
+    return WriteError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+class PartFile:
+    """``NAME.part`` plus its sidecar: resumable bytes that become ``NAME`` only when verified."""
+
+    def __init__(self, final: Path, meta: PartMeta) -> None:
+        self.final = final
+        self.meta = meta
+        self.path = part_path(final)
+        self.sidecar = sidecar_path(final)
+        self.offset = 0
+        self._hasher: Any = None
+        self._handle: Any = None
+
+    def resumable_offset(self) -> int:
+        """Bytes of an earlier ``.part`` that can be kept (0 if the remote changed)."""
+        try:
+            saved = json.loads(self.sidecar.read_text(encoding="utf-8"))
+            size = self.path.stat().st_size
+        except (OSError, ValueError):
+            return 0
+        if saved != asdict(self.meta) or size > self.meta.size:
+            return 0
+        return size
+
+    async def open(self, offset: int) -> None:
+        """Open for writing at ``offset`` (0 truncates) and hash the kept prefix."""
+        await self.close()
+        self._hasher = new_hasher(self.meta.hash_algo)
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            if offset > 0 and self._hasher is not None:
+                self._hasher, done = await asyncio.to_thread(
+                    hash_file, self.path, self.meta.hash_algo.lower(), offset  # type: ignore[union-attr]
+                )
+                offset = done
+            if offset == 0:
+                self.sidecar.write_text(json.dumps(asdict(self.meta)), encoding="utf-8")
+                self._handle = await aiofiles.open(self.path, "wb")
+            else:
+                self._handle = await aiofiles.open(self.path, "r+b")
+                await self._handle.seek(offset)
+                await self._handle.truncate(offset)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+        self.offset = offset
+
+    async def write(self, data: bytes) -> None:
+        try:
+            if self._hasher is not None:
+                # Both release the GIL: hashing overlaps the write instead of following it.
+                await asyncio.gather(self._handle.write(data), asyncio.to_thread(self._hasher.update, data))
+            else:
+                await self._handle.write(data)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+        self.offset += len(data)
+
+    async def close(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            with contextlib.suppress(OSError):
+                await handle.close()
+
+    def verify(self) -> str | None:
+        """Check size and hash; return a warning when the hash cannot be checked."""
+        if self.offset != self.meta.size:
+            raise IntegrityError(
+                f"size mismatch: got {self.offset} bytes, the API announced {self.meta.size}"
+            )
+        if self._hasher is None:
+            algo = self.meta.hash_algo or "none"
+            return f"hash not verified (algorithm {algo!r} {'unknown' if self.meta.hash else 'and no hash'})"
+        digest = self._hasher.hexdigest()
+        if self.meta.hash and digest != self.meta.hash.lower():
+            raise IntegrityError(
+                f"{self.meta.hash_algo} mismatch: got {digest[:16]}..., expected "
+                f"{self.meta.hash.lower()[:16]}..."
+            )
+        return None
+
+    async def commit(self, *, fsync: bool = True) -> None:
+        """fsync, then atomically rename over the final name and drop the sidecar."""
+        try:
+            if fsync and self._handle is not None:
+                await self._handle.flush()
+                await asyncio.to_thread(os.fsync, self._handle.fileno())
+            await self.close()
+            await aiofiles.os.replace(self.path, self.final)
+        except OSError as exc:
+            raise _write_error(self.final, exc) from exc
+        with contextlib.suppress(OSError):
+            await aiofiles.os.remove(self.sidecar)
+
+    async def discard(self) -> None:
+        """Remove the partial and its sidecar (the remote changed or the bytes were wrong)."""
+        await self.close()
+        for path in (self.path, self.sidecar):
+            with contextlib.suppress(OSError):
+                await aiofiles.os.remove(path)

@@ -1,0 +1,440 @@
+"""The transfer engine: a bounded pipeline from plan to verified files.
+
+    planner ──plan queue──> prepare workers ──ready queue──> download workers
+    (details, listings)      (local check, disk space,        (stream into .part, verify,
+                              read token just in time)          fsync, atomic rename)
+
+The ready queue holds at most ``concurrency`` entries, so read tokens are minted shortly before
+use and API round trips overlap the transfers instead of stealing their slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from tenacity import RetryCallState
+
+from fastio_dl.client import FastioClient, RetryPolicy
+from fastio_dl.config import Settings
+from fastio_dl.errors import (
+    ApiError,
+    AuthError,
+    FastioDlError,
+    IntegrityError,
+    ShortReadError,
+    TransferError,
+    WriteError,
+)
+from fastio_dl.events import (
+    FileFinished,
+    FileProgress,
+    FileQueued,
+    FileRetry,
+    FileStarted,
+    Notice,
+    Reporter,
+    RunSummary,
+)
+from fastio_dl.planner import PlanEntry, PlanFailure, PlanItem, Planner, PlanSkip, Target
+from fastio_dl.storage import (
+    PartFile,
+    PartMeta,
+    check_disk_space,
+    ensure_inside,
+    matches_local,
+)
+
+WRITE_BLOCK = 1024 * 1024
+PLAN_QUEUE = 2048
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the local side says about a planned file before any byte moves."""
+
+    skip_reason: str | None = None  # set: nothing to download
+    replace: bool = False  # a different local file will be replaced
+
+
+class LocalPolicy(Protocol):
+    """Decides skips before download and records results after (``get`` and ``sync`` differ)."""
+
+    async def decide(self, item: PlanItem, final: Path) -> Decision: ...
+
+    async def record(self, item: PlanItem, final: Path) -> None: ...
+
+
+class GetPolicy:
+    """``get``: skip a local file with the same size and hash; otherwise replace (or keep)."""
+
+    def __init__(self, no_clobber: bool) -> None:
+        self.no_clobber = no_clobber
+
+    async def decide(self, item: PlanItem, final: Path) -> Decision:
+        if not final.exists():
+            return Decision()
+        remote = item.remote
+        if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
+            return Decision(skip_reason="already present and verified")
+        if self.no_clobber:
+            return Decision(skip_reason="a different local file exists (kept: --no-clobber)")
+        return Decision(replace=True)
+
+    async def record(self, item: PlanItem, final: Path) -> None:
+        return None
+
+
+@dataclass
+class Outcome:
+    downloaded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bytes: int = 0
+    fatal: FastioDlError | None = None
+    interrupted: bool = False
+    failed_targets: list[Target] = field(default_factory=list)
+
+
+class StopRun(Exception):
+    """Raised inside workers to unwind when the run must end (402, auth, interrupt)."""
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        client: FastioClient,
+        reporter: Reporter,
+        policy: LocalPolicy | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.reporter = reporter
+        self.policy = policy or GetPolicy(settings.no_clobber)
+        self.dry_run = dry_run
+        self.outcome = Outcome()
+        self.retry = RetryPolicy.from_settings(settings)
+        self._stop_new: str | None = None  # reason new files must not start
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = time.monotonic()
+        self.dest = settings.dest
+
+    # ------------------------------------------------------------------ control
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Stop starting files and end in-flight transfers; partials stay for resume."""
+        self.outcome.interrupted = True
+        self._stop_new = reason
+        for task in self._tasks:
+            task.cancel()
+
+    def _fatal(self, exc: FastioDlError) -> None:
+        if self.outcome.fatal is None:
+            self.outcome.fatal = exc
+        self._stop_new = str(exc)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    # ------------------------------------------------------------------ run
+    async def run(self, targets: list[Target]) -> Outcome:
+        plan_q: asyncio.Queue[PlanEntry | None] = asyncio.Queue(PLAN_QUEUE)
+        ready_q: asyncio.Queue[tuple[PlanItem, Path, str | None, Decision] | None] = asyncio.Queue(
+            self.settings.concurrency
+        )
+        self.dest.mkdir(parents=True, exist_ok=True)
+        planner = Planner(self.client, plan_q)
+        n = self.settings.concurrency
+
+        async def plan() -> None:
+            try:
+                await planner.run(targets)
+            except FastioDlError as exc:
+                self._fatal(exc)
+
+        async def prepare_all() -> None:
+            preparers = [asyncio.create_task(self._prepare_loop(plan_q, ready_q)) for _ in range(n)]
+            try:
+                await asyncio.gather(*preparers)
+            finally:
+                for task in preparers:
+                    task.cancel()
+                for _ in range(n):
+                    await ready_q.put(None)
+
+        self._tasks = [asyncio.create_task(plan()), asyncio.create_task(prepare_all())]
+        self._tasks += [asyncio.create_task(self._download_loop(ready_q)) for _ in range(n)]
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, FastioDlError):
+                self._fatal(result)
+            elif isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+        self.reporter.emit(
+            RunSummary(
+                downloaded=self.outcome.downloaded,
+                skipped=self.outcome.skipped,
+                failed=self.outcome.failed,
+                bytes=self.outcome.bytes,
+                seconds=round(time.monotonic() - self._started, 3),
+                interrupted=self.outcome.interrupted,
+            )
+        )
+        return self.outcome
+
+    # ------------------------------------------------------------------ stages
+    async def _prepare_loop(
+        self,
+        plan_q: asyncio.Queue[PlanEntry | None],
+        ready_q: asyncio.Queue[tuple[PlanItem, Path, str | None, Decision] | None],
+    ) -> None:
+        while True:
+            entry = await plan_q.get()
+            if entry is None:
+                await plan_q.put(None)  # let the sibling preparers see the end too
+                return
+            if not isinstance(entry, PlanItem):
+                self.reporter.emit(FileQueued(0, str(self.dest / (entry.relpath or Path())), 0))
+            if isinstance(entry, PlanSkip):
+                self._finish(entry.target, entry.node_id, entry.relpath, "skipped", 0, 0,
+                             reason=entry.reason)
+                continue
+            if isinstance(entry, PlanFailure):
+                self._finish(entry.target, entry.node_id, entry.relpath, "failed", 0, 0, error=entry.error)
+                continue
+            final = self.dest / entry.relpath
+            self.reporter.emit(FileQueued(entry.key, str(final), entry.remote.size))
+            if self._stop_new:
+                self._fail(entry, final, f"not started: {self._stop_new}")
+                continue
+            try:
+                ensure_inside(self.dest, final)
+                decision = await self.policy.decide(entry, final)
+                if decision.skip_reason:
+                    self._finish(entry.target, entry.remote.node_id, entry.relpath, "skipped",
+                                 entry.remote.size, 0, reason=decision.skip_reason, key=entry.key)
+                    continue
+                if self.dry_run:
+                    verb = "replace" if decision.replace else "download"
+                    self._finish(entry.target, entry.remote.node_id, entry.relpath, "skipped",
+                                 entry.remote.size, 0, reason=f"dry run: would {verb}", key=entry.key)
+                    continue
+                check_disk_space(self.dest, entry.remote.size)
+                token = await self._mint(entry)
+            except (AuthError, StopRun):
+                raise
+            except FastioDlError as exc:
+                self._fail(entry, final, self.client.redact(str(exc)))
+                continue
+            await ready_q.put((entry, final, token, decision))
+
+    async def _mint(self, item: PlanItem) -> str | None:
+        if item.remote.size == 0:
+            return None  # nothing to read: an empty file needs no token
+        remote = item.remote
+        return await self.client.request_read(remote.context, remote.context_id, remote.node_id)
+
+    async def _download_loop(
+        self, ready_q: asyncio.Queue[tuple[PlanItem, Path, str | None, Decision] | None]
+    ) -> None:
+        while True:
+            work = await ready_q.get()
+            if work is None:
+                return
+            item, final, token, decision = work
+            if self._stop_new:
+                self._fail(item, final, f"not started: {self._stop_new}")
+                continue
+            try:
+                transferred = await self._fetch(item, final, token)
+                await self.policy.record(item, final)
+            except AuthError as exc:  # 402: the whole run stops
+                self._fail(item, final, str(exc))
+                self._fatal(exc)
+                return
+            except WriteError as exc:
+                self._fail(item, final, str(exc))
+                self._stop_new = f"an earlier write failed ({exc})"
+                continue
+            except FastioDlError as exc:
+                self._fail(item, final, self.client.redact(str(exc)))
+                continue
+            except OSError as exc:
+                self._fail(item, final, f"local error: {exc.strerror or exc}")
+                continue
+            reason = "replaced" if decision.replace else None
+            self._finish(item.target, item.remote.node_id, item.relpath, "downloaded",
+                         item.remote.size, transferred, reason=reason, key=item.key)
+
+    # ------------------------------------------------------------------ one file
+    async def _fetch(self, item: PlanItem, final: Path, token: str | None) -> int:
+        remote = item.remote
+        part = PartFile(
+            final,
+            PartMeta(remote.node_id, remote.version, remote.hash, remote.hash_algo, remote.size),
+        )
+        start = part.resumable_offset()
+        self.reporter.emit(FileStarted(item.key, str(final), remote.size, start))
+        state = _FetchState(token=token)
+        ensure_inside(self.dest, final)
+        ensure_inside(self.dest, part.path)
+
+        def before_sleep(retry_state: RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+            self.reporter.emit(
+                FileRetry(item.key, str(final), retry_state.attempt_number,
+                          self.client.redact(str(exc)), round(wait, 2))
+            )
+
+        try:
+            async for attempt in self.retry.retrying(before_sleep):
+                with attempt:
+                    await self._attempt(item, part, state, start if attempt.retry_state.attempt_number == 1 else None)
+            warning = part.verify()
+            if warning:
+                self.reporter.emit(Notice("warning", f"{final}: {warning}"))
+            await part.commit()
+        except asyncio.CancelledError:
+            await part.close()  # keep .part and sidecar: the next run resumes
+            raise
+        except IntegrityError:
+            await part.discard()
+            raise
+        except BaseException:
+            await part.close()
+            raise
+        return state.transferred
+
+    async def _attempt(self, item: PlanItem, part: PartFile, state: _FetchState, first: int | None) -> None:
+        remote = item.remote
+        offset = part.offset if first is None else first
+        if part._handle is None or first is not None:
+            await part.open(offset)
+            offset = part.offset
+        if offset >= remote.size:
+            # Everything is already here (a resumed .part): verify without a request.
+            try:
+                part.verify()
+                return
+            except IntegrityError:
+                await self._restart(item, part)
+                offset = 0
+                if remote.size == 0:
+                    return
+        try:
+            async with self.client.open_read(
+                remote.context, remote.context_id, remote.node_id, token=state.token, start=offset
+            ) as stream:
+                if offset > 0:
+                    cr = stream.content_range
+                    if stream.status == 200 or cr is None:
+                        # The server ignored Range: take the full body from byte zero.
+                        await self._restart(item, part)
+                    elif cr.start != offset:
+                        await self._restart(item, part)
+                        raise ShortReadError(
+                            f"asked for bytes from {offset}, the server sent from {cr.start}; "
+                            "restarting from zero"
+                        )
+                await self._stream(item, part, stream, state)
+        except ApiError as exc:
+            if exc.status == 401 and not state.refreshed:
+                # Read tokens expire (about 2 h): mint one fresh token per file, then give up.
+                state.refreshed = True
+                state.token = await self._mint(item)
+                raise TransferError("read token expired; minted a fresh one", retryable=True, wait_hint=0) from exc
+            raise
+        if part.offset < remote.size:
+            raise ShortReadError(f"body ended after {part.offset} of {remote.size} bytes")
+        try:
+            part.verify()
+        except IntegrityError:
+            await self._restart(item, part)
+            raise
+
+    async def _restart(self, item: PlanItem, part: PartFile) -> None:
+        if part.offset:
+            self.reporter.emit(FileProgress(item.key, -part.offset))
+        await part.open(0)
+
+    async def _stream(self, item: PlanItem, part: PartFile, stream: object, state: _FetchState) -> None:
+        size = item.remote.size
+        buffer = bytearray()
+        emit = self.reporter.emit
+        key = item.key
+        try:
+            async for chunk in stream.chunks():  # type: ignore[attr-defined]
+                if part.offset + len(buffer) + len(chunk) > size:
+                    raise IntegrityError(
+                        f"the server sent more than the {size} bytes the API announced"
+                    )
+                buffer += chunk
+                state.transferred += len(chunk)
+                emit(FileProgress(key, len(chunk)))
+                if len(buffer) >= WRITE_BLOCK:
+                    await part.write(bytes(buffer))
+                    buffer.clear()
+        finally:
+            # Bytes that arrived before a break are good: keep them so the retry resumes after them.
+            if buffer:
+                with contextlib.suppress(FastioDlError):
+                    await part.write(bytes(buffer))
+
+    # ------------------------------------------------------------------ accounting
+    def _fail(self, item: PlanItem, final: Path, error: str) -> None:
+        self._finish(item.target, item.remote.node_id, item.relpath, "failed", item.remote.size, 0,
+                     error=error, key=item.key)
+
+    def _finish(
+        self,
+        target: Target,
+        node_id: str,
+        relpath: Path | None,
+        status: str,
+        size: int,
+        transferred: int,
+        *,
+        error: str | None = None,
+        reason: str | None = None,
+        key: int = 0,
+    ) -> None:
+        if status == "downloaded":
+            self.outcome.downloaded += 1
+            self.outcome.bytes += transferred
+        elif status == "skipped":
+            self.outcome.skipped += 1
+        else:
+            self.outcome.failed += 1
+            self.outcome.failed_targets.append(target)
+        path = self.dest / relpath if relpath is not None else None
+        self.reporter.emit(
+            FileFinished(
+                key=key,
+                ref=target.ref.text,
+                node_id=node_id,
+                path=str(path) if path is not None else "",
+                status=status,  # type: ignore[arg-type]
+                bytes=size,
+                transferred=transferred,
+                error=error,
+                reason=reason,
+            )
+        )
+
+
+@dataclass
+class _FetchState:
+    token: str | None
+    refreshed: bool = False
+    transferred: int = 0
+
+
+Runner = Callable[[list[Target]], Awaitable[Outcome]]
