@@ -124,6 +124,8 @@ def _parse_url(text: str) -> Ref:
     segments = [unquote(s) for s in path.split("/") if s]
     if len(segments) >= 4 and segments[0] == "workspace" and segments[2] in ("storage", "preview"):
         return _from_parts(text, "workspace", segments[1], segments[3])
+    if len(segments) == 3 and segments[0] == "workspace" and segments[2] == "preview":
+        raise _fail(text, "nothing after /preview/")
     if len(segments) >= 2 and segments[0] == "workspace":
         return _from_parts(text, "workspace", segments[1], "root")
     if len(segments) >= 2 and segments[0] in ("shared", "share"):

@@ -48,9 +48,9 @@ def safe_name(name: str) -> SafeName:
     )
     # Trailing dots and spaces vanish on Windows and make two names one; leading/trailing
     # whitespace is invisible in listings.
-    value = value.strip().rstrip(". ")
-    if value in ("", ".", ".."):
-        value = "_" + value.replace(".", "_") if value else "_"
+    stripped = value.strip().rstrip(". ")
+    # "", ".", ".." and the like would name the directory itself or its parent.
+    value = stripped or "_" * max(1, len(value))
     stem = value.split(".", 1)[0].lower()
     if stem in _WINDOWS_RESERVED:
         value = "_" + value

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastio_dl.errors import TransferError
+from fastio_dl.storage import MAX_NAME_BYTES, ensure_inside, safe_name, safe_relpath
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("../../x", ".._.._x"),
+        ("..", "__"),
+        (".", "_"),
+        ("", "_"),
+        ("a/b\\c", "a_b_c"),
+        ("nul\x00byte\x07", "nul_byte_"),
+        ("CON", "_CON"),
+        ("lpt1.txt", "_lpt1.txt"),
+        ("trailing. ", "trailing"),
+    ],
+)
+def test_safe_name_examples(name: str, expected: str) -> None:
+    assert safe_name(name) == expected
+
+
+def test_long_names_are_shortened_deterministically() -> None:
+    long = "é" * 300 + ".tar.gz"
+    first, second = safe_name(long), safe_name(long)
+    assert first == second
+    assert len(first.encode()) <= MAX_NAME_BYTES and first.endswith(".gz")
+    assert safe_name("é" * 300 + "x.gz") != first
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=300), min_size=1, max_size=4))
+def test_no_generated_name_escapes(parts: list[str]) -> None:
+    rel = safe_relpath(parts)
+    for flavour in (PurePosixPath, PureWindowsPath):
+        pure = flavour(rel.as_posix())
+        assert not pure.is_absolute() and not pure.anchor
+        assert ".." not in pure.parts
+        assert len(pure.parts) == len(parts)
+    for part in rel.parts:
+        assert len(part.encode("utf-8")) <= MAX_NAME_BYTES
+        assert not any(ord(c) < 0x20 for c in part)
+    dest = Path("/srv/dest")
+    assert os.path.normpath(dest / rel).startswith(str(dest) + os.sep)
+
+
+def test_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    outside = tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    (dest / "link").symlink_to(outside)
+    with pytest.raises(TransferError, match="outside the destination"):
+        ensure_inside(dest, dest / "link" / "file.bin")
+    assert ensure_inside(dest, dest / "sub" / "file.bin") == dest / "sub" / "file.bin"
