@@ -166,8 +166,9 @@ class Engine:
             finally:
                 for task in preparers:
                     task.cancel()
-                for _ in range(n):
-                    await ready_q.put(None)
+            # Only after a normal end: once cancelled, nobody may be left to drain the queue.
+            for _ in range(n):
+                await ready_q.put(None)
 
         self._tasks = [asyncio.create_task(plan()), asyncio.create_task(prepare_all())]
         self._tasks += [asyncio.create_task(self._download_loop(ready_q)) for _ in range(n)]
@@ -233,6 +234,9 @@ class Engine:
             except FastioDlError as exc:
                 self._fail(entry, final, self.client.redact(str(exc)))
                 continue
+            except Exception as exc:  # a bug must cost one file, never hang the pool
+                self._fail(entry, final, f"internal error: {type(exc).__name__}: {exc}")
+                continue
             await ready_q.put((entry, final, token, decision))
 
     async def _mint(self, item: PlanItem) -> str | None:
@@ -268,6 +272,9 @@ class Engine:
                 continue
             except OSError as exc:
                 self._fail(item, final, f"local error: {exc.strerror or exc}")
+                continue
+            except Exception as exc:  # a bug must cost one file, never hang the pool
+                self._fail(item, final, f"internal error: {type(exc).__name__}: {exc}")
                 continue
             reason = "replaced" if decision.replace else None
             self._finish(item.target, item.remote.node_id, item.relpath, "downloaded",
