@@ -21,7 +21,8 @@ from fastio_dl import __version__
 from fastio_dl.client import FastioClient
 from fastio_dl.config import Settings, load_settings
 from fastio_dl.errors import AuthError, ExitCode, FastioDlError, UsageError, redact
-from fastio_dl.events import Reporter
+from fastio_dl.events import Fanout, Notice, Recorder, Reporter
+from fastio_dl.manifest import ManifestError, parse_manifest
 from fastio_dl.planner import Target
 from fastio_dl.refs import parse_ref
 from fastio_dl.reporting import PROGRESS_MODES, make_reporter
@@ -111,6 +112,10 @@ def guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
     """Run a command body: known errors become one line + exit code; no traceback unless --debug."""
     try:
         code = body()
+    except ManifestError as exc:
+        for problem in exc.problems:  # each on its own line: MANIFEST:LINE: what is wrong
+            typer.echo(problem, err=True)
+        raise typer.Exit(int(exc.exit_code)) from None
     except FastioDlError as exc:
         if debug:
             traceback.print_exc()
@@ -300,6 +305,141 @@ def demo(
             )
 
     guarded(debug, body)
+
+
+@app.command()
+def sync(
+    manifest: Annotated[
+        str, typer.Argument(help="Manifest file of 'REF [DEST]' lines, or - for stdin.", show_default=False)
+    ],
+    dest: DestOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    share: ShareOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    retries: RetriesOpt = 5,
+    stall_timeout: StallOpt = 60.0,
+    backoff: BackoffOpt = 1.0,
+    max_retry_wait: MaxWaitOpt = 300.0,
+    progress: ProgressOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Remove tracked files that left the manifest or the remote.")
+    ] = False,
+    max_delete: Annotated[
+        int | None, typer.Option("--max-delete", min=0, help="Abort before deleting more than N files.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; change nothing.")] = False,
+    wait_lock: Annotated[
+        float, typer.Option("--wait-lock", min=0.0, help="Seconds to wait for another sync's lock.")
+    ] = 0.0,
+    failed_manifest: Annotated[
+        Path | None, typer.Option("--failed-manifest", help="Write the lines whose files failed here.")
+    ] = None,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Accept a manifest with no lines.")] = False,
+    token: TokenOpt = None,
+    api_base: ApiBaseOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Bring DEST up to date with a manifest: only new or changed files move."""
+    from fastio_dl.state import State
+    from fastio_dl.storage import human_bytes
+    from fastio_dl.sync import SyncPolicy, delete_stale, destination_lock, stale_paths, state_path
+
+    def body() -> int:
+        check_progress(progress)
+        text, name = _read_manifest(manifest)
+        parsed = parse_manifest(text, name, workspace=workspace, share=share, allow_empty=allow_empty)
+        settings = build_settings(
+            token=token, api_base=api_base, ca_bundle=ca_bundle, dest=dest, workspace=workspace,
+            share=share, concurrency=concurrency, retries=retries, stall_timeout=stall_timeout,
+            backoff_initial=backoff, max_retry_wait=max_retry_wait, debug=debug,
+        )
+        if settings.token is None:
+            raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
+        dest.mkdir(parents=True, exist_ok=True)
+        with destination_lock(dest, wait_lock):
+            state = State(state_path(dest))
+            try:
+                recorder = Recorder()
+                reporter = Fanout(make_run_reporter(progress, json_out, quiet, debug, settings), recorder)
+                policy = SyncPolicy(state, dry_run=dry_run)
+                outcome = run_engine(settings, parsed.targets, reporter, policy=policy, dry_run=dry_run)
+                if failed_manifest is not None:
+                    _write_failed_manifest(failed_manifest, parsed.lines, outcome.failed_targets)
+                if outcome.interrupted or outcome.fatal is not None:
+                    return exit_code_of(outcome)
+                code = exit_code_of(outcome)
+                stale = stale_paths(state, outcome.planned_paths)
+                say = (lambda line: typer.echo(line, err=True)) if not quiet else (lambda line: None)
+                if stale and outcome.plan_failures:
+                    say(f"not deleting or reporting {len(stale)} tracked file(s): part of the plan "
+                        "failed, so the remote listing is incomplete")
+                    stale = []
+                if dry_run:
+                    _dry_run_report(recorder, stale, delete, say, human_bytes)
+                    return code
+                if stale and not delete:
+                    for relpath in stale:
+                        say(f"gone from manifest or remote: {relpath} (kept; --delete removes it)")
+                elif stale:
+                    if max_delete is not None and len(stale) > max_delete:
+                        typer.echo(
+                            f"fastio-dl: error: {len(stale)} files would be deleted, over --max-delete "
+                            f"{max_delete}; nothing deleted. Check the manifest, or raise --max-delete",
+                            err=True,
+                        )
+                        return int(ExitCode.FAILED)
+                    result = delete_stale(dest, state, stale)
+                    for relpath in result.deleted:
+                        say(f"deleted: {dest / relpath}")
+                    for relpath in result.kept_modified:
+                        say(f"kept {dest / relpath}: modified since fastio-dl wrote it; no longer tracked")
+                return code
+            finally:
+                state.close()
+
+    guarded(debug, body)
+
+
+def _read_manifest(manifest: str) -> tuple[str, str]:
+    if manifest == "-":
+        return sys.stdin.read(), "<stdin>"
+    path = Path(manifest)
+    try:
+        return path.read_text(encoding="utf-8"), manifest
+    except FileNotFoundError:
+        raise UsageError(f"manifest {manifest} does not exist", "give a manifest path or - for stdin") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"manifest {manifest} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {manifest}: {exc.strerror}") from None
+
+
+def _write_failed_manifest(path: Path, lines: dict[int, str], failed: list[Target]) -> None:
+    numbers = sorted({t.line for t in failed if t.line is not None})
+    text = "".join(f"{lines[n]}\n" for n in numbers)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _dry_run_report(
+    recorder: Recorder, stale: list[str], delete: bool, say: Callable[[str], None],
+    human_bytes: Callable[[float], str],
+) -> None:
+    counts = {"would download": [0, 0], "would replace": [0, 0], "would adopt": [0, 0]}
+    for event in recorder.finished():
+        for label, bucket in counts.items():
+            if event.reason and label in event.reason:
+                bucket[0] += 1
+                bucket[1] += event.bytes
+    parts = [f"{label.split()[1]} {n} ({human_bytes(b)})" for label, (n, b) in counts.items()]
+    verb = "delete" if delete else "report as gone"
+    say(f"dry run: would {', '.join(parts)}; {verb} {len(stale)}")
+    for relpath in stale:
+        say(f"dry run: would {verb}: {relpath}")
 
 
 def entrypoint() -> None:

@@ -18,8 +18,7 @@ from pathlib import Path, PurePosixPath
 from fastio_dl.errors import UsageError
 from fastio_dl.planner import Target
 from fastio_dl.refs import parse_ref
-
-STATE_DIR = ".fastio-dl"
+from fastio_dl.transfer import STATE_DIR
 _SPLIT = re.compile(r"\s+")
 
 

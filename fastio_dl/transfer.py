@@ -51,6 +51,7 @@ from fastio_dl.storage import (
 )
 
 WRITE_BLOCK = 1024 * 1024
+STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
 PLAN_QUEUE = 2048
 
 
@@ -99,6 +100,8 @@ class Outcome:
     fatal: FastioDlError | None = None
     interrupted: bool = False
     failed_targets: list[Target] = field(default_factory=list)
+    plan_failures: int = 0  # references or folders that could not be resolved completely
+    planned_paths: set[str] = field(default_factory=set)  # every local path this run claimed
 
 
 class StopRun(Exception):
@@ -173,6 +176,7 @@ class Engine:
         self._tasks = [asyncio.create_task(plan()), asyncio.create_task(prepare_all())]
         self._tasks += [asyncio.create_task(self._download_loop(ready_q)) for _ in range(n)]
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.outcome.planned_paths = set(planner.claimed)
         for result in results:
             if isinstance(result, FastioDlError):
                 self._fatal(result)
@@ -208,6 +212,7 @@ class Engine:
                              reason=entry.reason)
                 continue
             if isinstance(entry, PlanFailure):
+                self.outcome.plan_failures += 1
                 self._finish(entry.target, entry.node_id, entry.relpath, "failed", 0, 0, error=entry.error)
                 continue
             final = self.dest / entry.relpath
@@ -216,6 +221,9 @@ class Engine:
                 self._fail(entry, final, f"not started: {self._stop_new}")
                 continue
             try:
+                if entry.relpath.parts and entry.relpath.parts[0] == STATE_DIR:
+                    raise TransferError(f"{STATE_DIR} is reserved for fastio-dl's own state; "
+                                        "give this file another DEST in a manifest")
                 ensure_inside(self.dest, final)
                 decision = await self.policy.decide(entry, final)
                 if decision.skip_reason:

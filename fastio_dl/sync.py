@@ -1,0 +1,161 @@
+"""``sync``: bring a destination in step with a manifest, cheaply and safely from cron.
+
+Up-to-date files are decided from the state database and a ``stat`` (no hashing, no read
+token, no byte); one sync per destination at a time (an OS file lock that dies with its process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastio_dl.errors import LockedError
+from fastio_dl.planner import PlanItem
+from fastio_dl.state import Record, State, local_matches_record
+from fastio_dl.storage import matches_local
+from fastio_dl.transfer import STATE_DIR, Decision
+
+LOCK_NAME = "lock"
+STATE_NAME = "state.db"
+LOCK_POLL = 0.2
+
+
+def state_path(dest: Path) -> Path:
+    return dest / STATE_DIR / STATE_NAME
+
+
+class SyncPolicy:
+    """Skip what the state says is current; adopt identical untracked files; record writes."""
+
+    def __init__(self, state: State, *, dry_run: bool) -> None:
+        self.state = state
+        self.dry_run = dry_run
+        self.adopted = 0
+
+    async def decide(self, item: PlanItem, final: Path) -> Decision:
+        remote = item.remote
+        key = item.relpath.as_posix()
+        record = self.state.get(key)
+        if (
+            record is not None
+            and (record.node_id, record.version, record.hash, record.size)
+            == (remote.node_id, remote.version, remote.hash, remote.size)
+            and local_matches_record(final, record)
+        ):
+            return Decision(skip_reason="up to date")
+        if final.exists():
+            if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
+                self.adopted += 1
+                if self.dry_run:
+                    return Decision(skip_reason="dry run: would adopt (identical local file)")
+                await self.record(item, final)
+                return Decision(skip_reason="adopted (identical local file)")
+            return Decision(replace=True)
+        return Decision()
+
+    async def record(self, item: PlanItem, final: Path) -> None:
+        stat = os.stat(final)
+        remote = item.remote
+        self.state.put(
+            Record(
+                path=item.relpath.as_posix(),
+                node_id=remote.node_id,
+                context=remote.context,
+                context_id=remote.context_id,
+                version=remote.version,
+                hash=remote.hash,
+                hash_algo=remote.hash_algo,
+                size=remote.size,
+                local_size=stat.st_size,
+                local_mtime_ns=stat.st_mtime_ns,
+            )
+        )
+
+
+@dataclass
+class Deletions:
+    deleted: list[str] = field(default_factory=list)
+    kept_modified: list[str] = field(default_factory=list)
+    already_gone: list[str] = field(default_factory=list)
+
+
+def stale_paths(state: State, planned: set[str]) -> list[str]:
+    """Tracked paths that this run's plan no longer contains (left the manifest or the remote)."""
+    return sorted(state.paths() - planned)
+
+
+def delete_stale(dest: Path, state: State, paths: list[str]) -> Deletions:
+    """Remove tracked files that left; never a file modified since we wrote it, never untracked."""
+    result = Deletions()
+    for relpath in paths:
+        record = state.get(relpath)
+        if record is None:
+            continue
+        path = dest / relpath
+        if not path.exists():
+            result.already_gone.append(relpath)
+        elif local_matches_record(path, record):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            result.deleted.append(relpath)
+            _prune_empty_dirs(dest, path.parent)
+        else:
+            result.kept_modified.append(relpath)
+        state.forget(relpath)
+    return result
+
+
+def _prune_empty_dirs(dest: Path, directory: Path) -> None:
+    root = dest.resolve()
+    current = directory
+    while current.resolve() != root and root in current.resolve().parents:
+        try:
+            current.rmdir()
+        except OSError:
+            return
+        current = current.parent
+
+
+@contextlib.contextmanager
+def destination_lock(dest: Path, wait: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive flock on ``DEST/.fastio-dl/lock``; the kernel drops it if we die."""
+    import fcntl
+
+    lock_dir = dest / STATE_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(path)
+                    raise LockedError(
+                        f"another fastio-dl sync{holder} is running on {dest}",
+                        "let it finish, or pass --wait-lock SECONDS to wait for it",
+                    ) from None
+                time.sleep(LOCK_POLL)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        pid = path.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""

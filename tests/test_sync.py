@@ -1,0 +1,222 @@
+"""sync against the emulator: incremental, exact, locked, and safe to kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fastio_dl.emulator import DEFAULT_TOKEN, BytesBlob, DatasetSpec, SeededBlob
+from fastio_dl.manifest import parse_manifest
+from fastio_dl.sync import destination_lock
+from tests.conftest import Served, tree_digests
+
+
+def files_only(root: Path) -> dict[str, str]:
+    return {k: v for k, v in tree_digests(root).items() if not k.startswith(".fastio-dl/")}
+
+
+def write_manifest(path: Path, lines: list[str]) -> Path:
+    path.write_text("# test manifest\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def synced(make_served, tmp_path: Path):
+    served: Served = make_served(DatasetSpec(files=40, depth=2, fanout=2, max_size=40_000))
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
+    dest = tmp_path / "dest"
+    first = served.cli("sync", str(manifest), "-d", str(dest), "--json")
+    assert first.exit_code == 0, first.stderr
+    return served, manifest, dest, first
+
+
+def test_first_sync_downloads_everything(synced) -> None:
+    served, _manifest, dest, first = synced
+    assert files_only(dest) == served.expected()
+    assert first.summary()["downloaded"] == 40
+    assert (dest / ".fastio-dl" / "state.db").is_file()
+
+
+def test_second_sync_moves_nothing_and_mints_no_token(synced) -> None:
+    served, manifest, dest, _ = synced
+    served.server.call(served.emulator.reset_counters)
+    again = served.cli("sync", str(manifest), "-d", str(dest), "--json")
+    assert again.exit_code == 0
+    assert again.summary()["downloaded"] == 0 and again.summary()["skipped"] == 42  # + note, link
+    counters = served.emulator.counters
+    assert counters["tokens_minted"] == 0 and counters["requestread"] == 0 and counters["read"] == 0
+    assert set(k for k in counters if not k.startswith("status:")) <= {"list", "requests"}
+
+
+def test_changed_remote_file_is_replaced_others_untouched(synced) -> None:
+    served, manifest, dest, _ = synced
+    files = list(served.space.files())
+    changed = files[5]
+    before = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in dest.rglob("*.bin")}
+    served.server.call(lambda: served.space.replace(changed.id, BytesBlob(b"new version")))
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.summary()["downloaded"] == 1
+    target = dest / served.space.path_of(changed.id)
+    assert target.read_bytes() == b"new version"
+    for path, ident in before.items():
+        if path != target:
+            assert (os.stat(path).st_ino, os.stat(path).st_mtime_ns) == ident
+    assert files_only(dest) == served.expected()
+
+
+def test_delete_removes_exactly_the_tracked_files_that_left(make_served, tmp_path: Path) -> None:
+    served: Served = make_served(DatasetSpec(files=6, depth=0, notes=0, links=0, odd_names=False))
+    nodes = list(served.space.files())
+    dest = tmp_path / "dest"
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/{n.id}" for n in nodes])
+    assert served.cli("sync", str(manifest), "-d", str(dest)).exit_code == 0
+    (dest / "mine.txt").write_text("untracked")
+    write_manifest(manifest, [f"ws:{served.ws}/{n.id}" for n in nodes[:4]])
+    kept = served.cli("sync", str(manifest), "-d", str(dest))
+    assert kept.exit_code == 0 and "gone from manifest or remote" in kept.stderr
+    assert len(list(dest.glob("*.bin"))) == 6
+    too_many = served.cli("sync", str(manifest), "-d", str(dest), "--delete", "--max-delete", "1")
+    assert too_many.exit_code == 1 and "max-delete" in too_many.stderr
+    assert len(list(dest.glob("*.bin"))) == 6
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--delete")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in dest.glob("*.bin")) == sorted(n.name for n in nodes[:4])
+    assert (dest / "mine.txt").read_text() == "untracked"
+
+
+def test_dry_run_changes_nothing(make_served, tmp_path: Path) -> None:
+    served: Served = make_served(DatasetSpec(files=8, depth=1, fanout=2))
+    dest = tmp_path / "dest"
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "dry run: would download 8" in result.stderr
+    assert files_only(dest) == {}
+    assert served.stat("tokens_minted") == 0 and served.stat("read") == 0
+
+
+def test_untracked_identical_file_is_adopted(make_served, tmp_path: Path) -> None:
+    served: Served = make_served(DatasetSpec(files=3, depth=0, odd_names=False))
+    node = next(iter(served.space.files()))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / node.name).write_bytes(node.blob.read(0, node.blob.size))
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/{node.id}"])
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--json")
+    assert result.exit_code == 0
+    assert result.summary()["skipped"] == 1 and served.stat("read") == 0
+
+
+def test_manifest_dest_column(served: Served, tmp_path: Path) -> None:
+    node = next(iter(served.space.files()))
+    folder = next(n for n in served.space.nodes.values() if n.type == "folder" and n.parent == "root")
+    manifest = write_manifest(tmp_path / "m.txt", [
+        f"ws:{served.ws}/{node.id}   renamed dir/my file.bin  ",
+        f"ws:{served.ws}/{folder.id} mirror/sub",
+    ])
+    dest = tmp_path / "dest"
+    result = served.cli("sync", str(manifest), "-d", str(dest))
+    assert result.exit_code == 0, result.stderr
+    assert (dest / "renamed dir" / "my file.bin").read_bytes() == node.blob.read(0, node.blob.size)
+    inside = {p.name for p in (dest / "mirror" / "sub").rglob("*") if p.is_file()}
+    assert inside and all(not (dest / folder.name).exists() for _ in [0])
+
+
+def test_bad_manifest_lines_all_reported_nothing_downloaded(served: Served, tmp_path: Path) -> None:
+    good = next(iter(served.space.files())).id
+    manifest = write_manifest(tmp_path / "m.txt", [
+        f"ws:{served.ws}/{good} a.bin",          # line 3: fine
+        "not-a-ref",                             # line 4
+        f"ws:{served.ws}/{good} /etc/passwd",    # line 5: absolute
+        f"ws:{served.ws}/{good} ../up.bin",      # line 6: escapes
+        f"ws:{served.ws}/{good} a.bin",          # line 7: same DEST as line 3
+    ])
+    result = served.cli("sync", str(manifest), "-d", str(tmp_path / "dest"))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(":")[1] for line in lines] == ["4", "5", "6", "7"]
+    assert all(line.startswith(f"{manifest}:") for line in lines)
+    assert served.stat("requests") == 0
+
+
+def test_empty_manifest_needs_allow_empty(served: Served, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.txt", [])
+    assert served.cli("sync", str(manifest), "-d", str(tmp_path / "d")).exit_code == 2
+    assert served.cli("sync", str(manifest), "-d", str(tmp_path / "d"), "--allow-empty").exit_code == 0
+
+
+def test_manifest_from_stdin_and_failed_manifest(served: Served, tmp_path: Path) -> None:
+    good = next(iter(served.space.files())).id
+    missing = "2" + "z" * 28
+    text = f"ws:{served.ws}/{good}\nws:{served.ws}/{missing} lost.bin\n"
+    failed = tmp_path / "failed.txt"
+    result = served.cli("sync", "-", "-d", str(tmp_path / "d"), "--failed-manifest", str(failed), input=text)
+    assert result.exit_code == 1
+    assert failed.read_text() == f"ws:{served.ws}/{missing} lost.bin\n"
+    assert parse_manifest(failed.read_text(), "failed.txt").targets[0].ref.node == missing
+
+
+def test_second_sync_on_a_locked_destination_exits_4(served: Served, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from fastio_dl.sync import destination_lock\n"
+         "with destination_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)",
+         str(dest)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = served.cli("sync", str(manifest), "-d", str(dest))
+        assert result.exit_code == 4
+        assert f"pid {holder.pid}" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # the killed holder's lock does not block the next run
+    assert served.cli("sync", str(manifest), "-d", str(dest)).exit_code == 0
+
+
+def test_lock_is_exclusive_in_process(tmp_path: Path) -> None:
+    from fastio_dl.errors import LockedError
+
+    with destination_lock(tmp_path), pytest.raises(LockedError):
+        with destination_lock(tmp_path, wait=0.3):
+            pass
+
+
+def test_sync_killed_mid_run_is_completed_by_the_next(make_served, tmp_path: Path) -> None:
+    served: Served = make_served(DatasetSpec(files=6, depth=0, min_size=400_000, max_size=600_000,
+                                             odd_names=False, notes=0, links=0))
+    big = served.server.call(lambda: served.space.add_file("root", "big.bin", SeededBlob(99, 6_000_000)))
+    served.emulator.switches.bandwidth = 2_000_000
+    dest = tmp_path / "dest"
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastio_dl", "sync", str(manifest), "-d", str(dest), "--api-base",
+         served.server.api_base, "--token", DEFAULT_TOKEN, "--progress", "none", "-j", "4"],
+    )
+    deadline = time.monotonic() + 20
+    part = dest / "big.bin.part"
+    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 1_000_000):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert part.exists() and not (dest / "big.bin").exists()
+    served.emulator.switches.bandwidth = 0
+    served.server.call(served.emulator.reset_counters)
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert files_only(dest) == served.expected()
+    assert not list(dest.rglob("*.part*"))
+    # the big file resumed: fewer bytes moved than its size
+    assert served.stat("read_bytes") < sum(n.blob.size for n in served.space.files())
+    assert big.blob.size > 0
