@@ -35,6 +35,7 @@ from fastio_dl.errors import (
     ShortReadError,
     TransferError,
     redact,
+    register_secret,
 )
 
 BULK_DETAILS_MAX = 25
@@ -279,6 +280,7 @@ class FastioClient:
         self._token = settings.token
         self._policy = RetryPolicy.from_settings(settings)
         self._secrets: set[str] = {settings.token} if settings.token else set()
+        register_secret(settings.token)
         self.api_calls = 0
 
     # -- lifecycle
@@ -310,6 +312,11 @@ class FastioClient:
 
     def redact(self, text: str) -> str:
         return redact(text, frozenset(self._secrets))
+
+    def _network_error(self, what: str, exc: BaseException) -> TransferError:
+        # A certificate that does not verify will not verify on the next attempt either.
+        retryable = not isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError))
+        return TransferError(f"{what}: {self.redact(_describe_network_error(exc))}", retryable=retryable)
 
     def _auth_headers(self) -> dict[str, str]:
         if not self._token:
@@ -347,9 +354,7 @@ class FastioClient:
                     status = resp.status
                     resp_headers = resp.headers
             except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
-                raise TransferError(
-                    f"{what}: {self.redact(_describe_network_error(exc))}", retryable=True
-                ) from exc
+                raise self._network_error(what, exc) from exc
             try:
                 body: Any = json.loads(raw) if raw else None
             except ValueError:
@@ -424,6 +429,7 @@ class FastioClient:
         if not isinstance(token, str) or not token:
             raise TransferError("read token: the API answered without a token", retryable=True)
         self._secrets.add(token)
+        register_secret(token)
         return token
 
     @asynccontextmanager
@@ -454,9 +460,7 @@ class FastioClient:
         try:
             response = await self._session.get(url, params=params, headers=headers)
         except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
-            raise TransferError(
-                f"read: {self.redact(_describe_network_error(exc))}", retryable=True
-            ) from exc
+            raise self._network_error("read", exc) from exc
         try:
             if response.status >= 400:
                 try:

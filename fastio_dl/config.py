@@ -50,6 +50,7 @@ class Settings:
     no_clobber: bool = False
     debug: bool = False
     ca_bundle: Path | None = None
+    read_mode: str = "token"  # token: mint a read token per file; bearer: read with the API token
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 

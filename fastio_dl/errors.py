@@ -131,9 +131,18 @@ _TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
 
 
+_SECRETS: set[str] = set()
+
+
+def register_secret(secret: str | None) -> None:
+    """Remember a token (API or read token) so that :func:`redact` hides it everywhere."""
+    if secret and len(secret) >= 4:
+        _SECRETS.add(secret)
+
+
 def redact(text: str, secrets: tuple[str, ...] | frozenset[str] = ()) -> str:
     """Remove bearer capabilities (``token=`` query values, bearer tokens, known secrets)."""
-    for secret in secrets:
+    for secret in (*secrets, *_SECRETS):
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     text = _TOKEN_QUERY.sub(r"\1REDACTED", text)

@@ -101,6 +101,7 @@ class Planner:
     client: FastioClient
     out: asyncio.Queue[PlanEntry | None]
     claimed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    folded: dict[str, str] = field(default_factory=dict)  # casefolded path -> claimed path
     _next_key: int = 0
     _details_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DETAILS_CONCURRENCY))
     _list_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(LIST_CONCURRENCY))
@@ -128,6 +129,13 @@ class Planner:
             other = self.claimed.get(path_key)
             if other == owner:
                 return  # the same file asked for twice: fetch it once
+            sanitised = entry.target.dest is None and safe_name(entry.remote.name) != entry.remote.name
+            if other is None or sanitised:
+                # Different remote names that became one local name (by case or by sanitising)
+                # are told apart deterministically; identical remote names are a real collision.
+                entry.relpath = self._disambiguate(entry.relpath, entry.remote.node_id)
+                path_key = entry.relpath.as_posix()
+                other = self.claimed.get(path_key)
             if other is not None:
                 await self.out.put(
                     PlanFailure(
@@ -140,9 +148,21 @@ class Planner:
                 )
                 return
             self.claimed[path_key] = owner
+            self.folded[path_key.casefold()] = path_key
             self._next_key += 1
             entry.key = self._next_key
         await self.out.put(entry)
+
+    def _disambiguate(self, relpath: Path, node_id: str) -> Path:
+        """Names differing only in case would be one file on macOS/Windows: give the later one
+        a deterministic suffix from its node id."""
+        if relpath.as_posix().casefold() not in self.folded:
+            return relpath
+        name = relpath.name
+        stem, dot, ext = name.rpartition(".")
+        suffix = f"~{node_id[:8]}"
+        renamed = f"{stem}{suffix}.{ext}" if dot and stem else f"{name}{suffix}"
+        return relpath.with_name(safe_name(renamed))
 
     async def _resolve(self, context: str, context_id: str, group: list[Target]) -> None:
         async with self._details_gate:

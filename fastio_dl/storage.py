@@ -27,7 +27,7 @@ PART_SUFFIX = ".part"
 SIDECAR_SUFFIX = ".part.json"
 # Room for ".part.json" after the longest name we produce, under the usual 255-byte limit.
 MAX_NAME_BYTES = 255 - len(SIDECAR_SUFFIX)
-DISK_MARGIN = 8 * 1024 * 1024
+DISK_MARGIN = 1024 * 1024
 HASH_BLOCK = 1024 * 1024
 KNOWN_ALGOS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 _WINDOWS_RESERVED = frozenset(

@@ -48,6 +48,8 @@ from fastio_dl.storage import (
     check_disk_space,
     ensure_inside,
     matches_local,
+    part_path,
+    sidecar_path,
 )
 
 WRITE_BLOCK = 1024 * 1024
@@ -126,6 +128,8 @@ class Engine:
         self.outcome = Outcome()
         self.retry = RetryPolicy.from_settings(settings)
         self._stop_new: str | None = None  # reason new files must not start
+        self._reserved = 0  # bytes that files in flight may still write
+        self._reservations: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
         self.dest = settings.dest
@@ -227,6 +231,7 @@ class Engine:
                 ensure_inside(self.dest, final)
                 decision = await self.policy.decide(entry, final)
                 if decision.skip_reason:
+                    await _drop_leftovers(final)
                     self._finish(entry.target, entry.remote.node_id, entry.relpath, "skipped",
                                  entry.remote.size, 0, reason=decision.skip_reason, key=entry.key)
                     continue
@@ -235,7 +240,7 @@ class Engine:
                     self._finish(entry.target, entry.remote.node_id, entry.relpath, "skipped",
                                  entry.remote.size, 0, reason=f"dry run: would {verb}", key=entry.key)
                     continue
-                check_disk_space(self.dest, entry.remote.size)
+                self._reserve(entry, final)
                 token = await self._mint(entry)
             except (AuthError, StopRun):
                 raise
@@ -247,9 +252,24 @@ class Engine:
                 continue
             await ready_q.put((entry, final, token, decision))
 
+    def _reserve(self, item: PlanItem, final: Path) -> None:
+        """Check room for this file on top of what files already in flight still need."""
+        try:
+            have = part_path(final).stat().st_size
+        except OSError:
+            have = 0
+        need = max(0, item.remote.size - have)
+        check_disk_space(self.dest, need + self._reserved)
+        self._reserved += need
+        self._reservations[item.key] = need
+
+    def _release(self, item: PlanItem) -> None:
+        self._reserved -= self._reservations.pop(item.key, 0)
+
     async def _mint(self, item: PlanItem) -> str | None:
-        if item.remote.size == 0:
-            return None  # nothing to read: an empty file needs no token
+        if item.remote.size == 0 or self.settings.read_mode == "bearer":
+            # An empty file needs no read; in bearer mode /read/ takes the API token itself.
+            return None
         remote = item.remote
         return await self.client.request_read(remote.context, remote.context_id, remote.node_id)
 
@@ -262,6 +282,7 @@ class Engine:
                 return
             item, final, token, decision = work
             if self._stop_new:
+                self._release(item)
                 self._fail(item, final, f"not started: {self._stop_new}")
                 continue
             try:
@@ -284,6 +305,8 @@ class Engine:
             except Exception as exc:  # a bug must cost one file, never hang the pool
                 self._fail(item, final, f"internal error: {type(exc).__name__}: {exc}")
                 continue
+            finally:
+                self._release(item)
             reason = "replaced" if decision.replace else None
             self._finish(item.target, item.remote.node_id, item.relpath, "downloaded",
                          item.remote.size, transferred, reason=reason, key=item.key)
@@ -443,6 +466,13 @@ class Engine:
                 reason=reason,
             )
         )
+
+
+async def _drop_leftovers(final: Path) -> None:
+    """A run killed between the rename and the sidecar cleanup leaves a sidecar: tidy it."""
+    for path in (part_path(final), sidecar_path(final)):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 @dataclass

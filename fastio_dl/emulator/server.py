@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
+from urllib.parse import urlencode
+
 from aiohttp import web
 
 from fastio_dl.emulator.data import BytesBlob, Node, Space, Store
@@ -41,6 +43,7 @@ FAULT_KINDS = (
     "long_length",  # Content-Length longer than the body, then close
     "ignore_range",  # answer 200 with the full body to a Range request
     "payment",  # 402 out of credits
+    "shift_range",  # answer a Range request with a Content-Range that starts at 0
 )
 
 
@@ -88,6 +91,7 @@ class Switches:
     latency: float = 0.0  # seconds added to every request
     bandwidth: int = 0  # bytes per second per read (0: unlimited)
     range_enabled: bool = True
+    redirect_reads_to: str | None = None  # base URL of another origin: /read/ answers 307 there
     faults: list[Fault] = field(default_factory=list)
     seed: int = 7
 
@@ -310,6 +314,8 @@ class Emulator:
         return _ok({"token": token})
 
     async def read(self, request: web.Request) -> web.StreamResponse:
+        if self.switches.redirect_reads_to:
+            return self._redirect_read(request)
         space = self._space(request)
         if isinstance(space, web.Response):
             return space
@@ -350,10 +356,12 @@ class Emulator:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
             start, end = parsed
             status = 206
+            if start > 0 and self._fire("shift_range", "read", size):
+                start = 0
         length = max(0, end - start + 1)
         headers = {
             "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{node.name.encode("ascii", "replace").decode()}"',
+            "Content-Disposition": f'attachment; filename="{_header_safe(node.name)}"',
             "ETag": f'"{blob.digest(node.hash_algo)}"',
         }
         if self.switches.range_enabled:
@@ -373,7 +381,7 @@ class Emulator:
         began = time.monotonic()
         while sent < length:
             piece = min(chunk, length - sent)
-            if drop is not None and sent < drop.after_bytes:
+            if drop is not None and sent <= drop.after_bytes:
                 piece = min(piece, drop.after_bytes - sent)
             if stall is not None and sent < stall.after_bytes:
                 piece = min(piece, stall.after_bytes - sent)
@@ -397,6 +405,24 @@ class Emulator:
             return _abort(request, response)
         await response.write_eof()
         return response
+
+    def _redirect_read(self, request: web.Request) -> web.Response:
+        """Answer 307 to another origin, like preview reads that go to a CDN. A bearer read gets
+        a signed (token) URL there, since the client must not carry its API token across."""
+        location = self.switches.redirect_reads_to.rstrip("/") + request.path  # type: ignore[union-attr]
+        query = dict(request.query)
+        if "token" not in query:
+            denied = self._auth(request)
+            space = self._space(request)
+            if denied or isinstance(space, web.Response):
+                return denied or space  # type: ignore[return-value]
+            node = self._node(space, request.match_info["node"])
+            if node is None:
+                return _error(404, 1404, "Node not found")
+            token = "rt." + secrets.token_urlsafe(24)
+            self.read_tokens[token] = (space.kind, space.id, node.id, time.time() + READ_TOKEN_TTL)
+            query["token"] = token
+        return web.Response(status=307, headers={"Location": location + "?" + urlencode(query)})
 
     # ------------------------------------------------------------------ admin
     async def admin_stats(self, request: web.Request) -> web.Response:
@@ -423,6 +449,10 @@ def _abort(request: web.Request, response: web.StreamResponse) -> web.StreamResp
     if request.transport is not None:
         request.transport.abort()
     return response
+
+
+def _header_safe(name: str) -> str:
+    return "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
