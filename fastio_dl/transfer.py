@@ -288,6 +288,10 @@ class Engine:
             try:
                 transferred = await self._fetch(item, final, token)
                 await self.policy.record(item, final)
+            except asyncio.CancelledError:
+                if self.outcome.interrupted:
+                    self._fail(item, final, "interrupted; the partial file is kept for the next run")
+                raise
             except AuthError as exc:  # 402: the whole run stops
                 self._fail(item, final, str(exc))
                 self._fatal(exc)
