@@ -82,8 +82,8 @@ ReadModeOpt = Annotated[
     str,
     typer.Option(
         "--read-mode",
-        help="token: mint a read token per file (default); bearer: read with the API token "
-        "(one round trip less per file).",
+        help="auto: read with the API token, minting a read token only if refused; token: mint a "
+        "read token per file; bearer: the API token only.",
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug notices.")]
@@ -167,8 +167,8 @@ def check_progress(mode: str) -> str:
 
 
 def check_read_mode(mode: str) -> str:
-    if mode not in ("token", "bearer"):
-        raise UsageError(f"--read-mode must be token or bearer, not {mode!r}")
+    if mode not in ("auto", "token", "bearer"):
+        raise UsageError(f"--read-mode must be auto, token or bearer, not {mode!r}")
     return mode
 
 
@@ -276,7 +276,7 @@ def get(
     token: TokenOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
-    read_mode: ReadModeOpt = "token",
+    read_mode: ReadModeOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
     """Download files and whole folders (recursively) into DEST."""
@@ -362,7 +362,7 @@ def sync(
     token: TokenOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
-    read_mode: ReadModeOpt = "token",
+    read_mode: ReadModeOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
     """Bring DEST up to date with a manifest: only new or changed files move."""

@@ -50,7 +50,9 @@ class Settings:
     no_clobber: bool = False
     debug: bool = False
     ca_bundle: Path | None = None
-    read_mode: str = "token"  # token: mint a read token per file; bearer: read with the API token
+    # auto: read with the API token, minting a read token only if that is refused (401);
+    # token: mint a read token per file; bearer: the API token only
+    read_mode: str = "auto"
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 

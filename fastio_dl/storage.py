@@ -176,6 +176,108 @@ def _write_error(path: Path, exc: OSError) -> WriteError:
     return WriteError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+class PathGuard:
+    """:func:`ensure_inside` with the directory checks cached (resolving costs a syscall per
+    path component, per file, otherwise)."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self._checked: set[str] = set()
+
+    def check(self, path: Path) -> Path:
+        parent = str(path.parent)
+        if parent not in self._checked:
+            ensure_inside(self.dest, path.parent)
+            self._checked.add(parent)
+        if path.is_symlink():
+            ensure_inside(self.dest, path)
+        return path
+
+
+def write_atomic(final: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write verified bytes to ``NAME.part``, fsync, rename over ``NAME`` (one thread hop)."""
+    part = part_path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with part.open("wb") as handle:
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(part, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise _write_error(final, exc) from exc
+
+
+class MemoryPart:
+    """A small file's bytes, kept in memory until verified, then written in one step.
+
+    Same interface as :class:`PartFile`; no sidecar (re-fetching a small file costs less than
+    tracking it), so an interrupted small file simply starts again on the next run.
+    """
+
+    def __init__(self, final: Path, meta: PartMeta) -> None:
+        self.final = final
+        self.meta = meta
+        self.path = part_path(final)
+        self.buffer = bytearray()
+        self.is_open = False
+
+    @property
+    def offset(self) -> int:
+        return len(self.buffer)
+
+    def resumable_offset(self) -> int:
+        return 0
+
+    async def open(self, offset: int) -> None:
+        if offset == 0:
+            self.buffer.clear()
+        self.is_open = True
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+
+    async def close(self) -> None:
+        self.is_open = False
+
+    def verify(self) -> str | None:
+        return _verify(self.offset, self.meta, lambda: _digest(self.meta.hash_algo, self.buffer))
+
+    async def commit(self, *, fsync: bool = True) -> None:
+        await asyncio.to_thread(write_atomic, self.final, bytes(self.buffer), fsync=fsync)
+
+    async def discard(self) -> None:
+        self.buffer.clear()
+
+
+def _digest(algo: str | None, data: bytes | bytearray) -> str | None:
+    hasher = new_hasher(algo)
+    if hasher is None:
+        return None
+    hasher.update(data)
+    return str(hasher.hexdigest())
+
+
+def _verify(offset: int, meta: PartMeta, digest: Any) -> str | None:
+    """Size, then hash; a warning (not a failure) when the hash cannot be checked."""
+    if offset != meta.size:
+        raise IntegrityError(f"size mismatch: got {offset} bytes, the API announced {meta.size}")
+    value = digest()
+    if value is None:
+        algo = meta.hash_algo or "none"
+        return f"hash not verified (algorithm {algo!r} {'unknown' if meta.hash else 'and no hash'})"
+    if meta.hash and value != meta.hash.lower():
+        raise IntegrityError(
+            f"{meta.hash_algo} mismatch: got {value[:16]}..., expected {meta.hash.lower()[:16]}..."
+        )
+    if not meta.hash:
+        return "hash not verified (the API gave no hash)"
+    return None
+
+
 class PartFile:
     """``NAME.part`` plus its sidecar: resumable bytes that become ``NAME`` only when verified."""
 
@@ -238,22 +340,14 @@ class PartFile:
             with contextlib.suppress(OSError):
                 await handle.close()
 
+    @property
+    def is_open(self) -> bool:
+        return self._handle is not None
+
     def verify(self) -> str | None:
         """Check size and hash; return a warning when the hash cannot be checked."""
-        if self.offset != self.meta.size:
-            raise IntegrityError(
-                f"size mismatch: got {self.offset} bytes, the API announced {self.meta.size}"
-            )
-        if self._hasher is None:
-            algo = self.meta.hash_algo or "none"
-            return f"hash not verified (algorithm {algo!r} {'unknown' if self.meta.hash else 'and no hash'})"
-        digest = self._hasher.hexdigest()
-        if self.meta.hash and digest != self.meta.hash.lower():
-            raise IntegrityError(
-                f"{self.meta.hash_algo} mismatch: got {digest[:16]}..., expected "
-                f"{self.meta.hash.lower()[:16]}..."
-            )
-        return None
+        hasher = self._hasher
+        return _verify(self.offset, self.meta, lambda: None if hasher is None else hasher.hexdigest())
 
     async def commit(self, *, fsync: bool = True) -> None:
         """fsync, then atomically rename over the final name and drop the sidecar."""

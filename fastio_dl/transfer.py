@@ -20,7 +20,7 @@ from typing import Protocol
 
 from tenacity import RetryCallState
 
-from fastio_dl.client import FastioClient, RetryPolicy
+from fastio_dl.client import FastioClient, ReadStream, RetryPolicy
 from fastio_dl.config import Settings
 from fastio_dl.errors import (
     ApiError,
@@ -43,16 +43,19 @@ from fastio_dl.events import (
 )
 from fastio_dl.planner import PlanEntry, PlanFailure, PlanItem, Planner, PlanSkip, Target
 from fastio_dl.storage import (
+    MemoryPart,
     PartFile,
+    PathGuard,
     PartMeta,
     check_disk_space,
-    ensure_inside,
     matches_local,
     part_path,
     sidecar_path,
 )
 
 WRITE_BLOCK = 1024 * 1024
+SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
+Part = MemoryPart | PartFile
 STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
 PLAN_QUEUE = 2048
 
@@ -133,6 +136,7 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.monotonic()
         self.dest = settings.dest
+        self.guard = PathGuard(settings.dest)
 
     # ------------------------------------------------------------------ control
     def interrupt(self, reason: str = "interrupted") -> None:
@@ -228,7 +232,7 @@ class Engine:
                 if entry.relpath.parts and entry.relpath.parts[0] == STATE_DIR:
                     raise TransferError(f"{STATE_DIR} is reserved for fastio-dl's own state; "
                                         "give this file another DEST in a manifest")
-                ensure_inside(self.dest, final)
+                self.guard.check(final)
                 decision = await self.policy.decide(entry, final)
                 if decision.skip_reason:
                     await _drop_leftovers(final)
@@ -266,10 +270,11 @@ class Engine:
     def _release(self, item: PlanItem) -> None:
         self._reserved -= self._reservations.pop(item.key, 0)
 
-    async def _mint(self, item: PlanItem) -> str | None:
-        if item.remote.size == 0 or self.settings.read_mode == "bearer":
-            # An empty file needs no read; in bearer mode /read/ takes the API token itself.
-            return None
+    async def _mint(self, item: PlanItem, *, force: bool = False) -> str | None:
+        if item.remote.size == 0:
+            return None  # an empty file needs no read
+        if self.settings.read_mode != "token" and not force:
+            return None  # bearer/auto: /read/ takes the API token itself, one round trip less
         remote = item.remote
         return await self.client.request_read(remote.context, remote.context_id, remote.node_id)
 
@@ -318,15 +323,14 @@ class Engine:
     # ------------------------------------------------------------------ one file
     async def _fetch(self, item: PlanItem, final: Path, token: str | None) -> int:
         remote = item.remote
-        part = PartFile(
-            final,
-            PartMeta(remote.node_id, remote.version, remote.hash, remote.hash_algo, remote.size),
-        )
+        meta = PartMeta(remote.node_id, remote.version, remote.hash, remote.hash_algo, remote.size)
+        # Small files are verified in memory and written in one step; large ones stream to disk.
+        part: Part = MemoryPart(final, meta) if remote.size <= SMALL_FILE else PartFile(final, meta)
+        self.guard.check(final)
+        self.guard.check(part.path)
         start = part.resumable_offset()
         self.reporter.emit(FileStarted(item.key, str(final), remote.size, start))
         state = _FetchState(token=token)
-        ensure_inside(self.dest, final)
-        ensure_inside(self.dest, part.path)
 
         def before_sleep(retry_state: RetryCallState) -> None:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -355,10 +359,10 @@ class Engine:
             raise
         return state.transferred
 
-    async def _attempt(self, item: PlanItem, part: PartFile, state: _FetchState, first: int | None) -> None:
+    async def _attempt(self, item: PlanItem, part: Part, state: _FetchState, first: int | None) -> None:
         remote = item.remote
         offset = part.offset if first is None else first
-        if part._handle is None or first is not None:
+        if not part.is_open or first is not None:
             await part.open(offset)
             offset = part.offset
         if offset >= remote.size:
@@ -388,11 +392,14 @@ class Engine:
                         )
                 await self._stream(item, part, stream, state)
         except ApiError as exc:
-            if exc.status == 401 and not state.refreshed:
-                # Read tokens expire (about 2 h): mint one fresh token per file, then give up.
+            if exc.status == 401 and not state.refreshed and self.settings.read_mode != "bearer":
+                # Read tokens expire (about 2 h), and a bearer read may be refused: mint one
+                # fresh read token per file, then give up.
                 state.refreshed = True
-                state.token = await self._mint(item)
-                raise TransferError("read token expired; minted a fresh one", retryable=True, wait_hint=0) from exc
+                state.token = await self._mint(item, force=True)
+                raise TransferError(
+                    "read refused (401); minted a fresh read token", retryable=True, wait_hint=0
+                ) from exc
             raise
         if part.offset < remote.size:
             raise ShortReadError(f"body ended after {part.offset} of {remote.size} bytes")
@@ -402,18 +409,18 @@ class Engine:
             await self._restart(item, part)
             raise
 
-    async def _restart(self, item: PlanItem, part: PartFile) -> None:
+    async def _restart(self, item: PlanItem, part: Part) -> None:
         if part.offset:
             self.reporter.emit(FileProgress(item.key, -part.offset))
         await part.open(0)
 
-    async def _stream(self, item: PlanItem, part: PartFile, stream: object, state: _FetchState) -> None:
+    async def _stream(self, item: PlanItem, part: Part, stream: ReadStream, state: _FetchState) -> None:
         size = item.remote.size
         buffer = bytearray()
         emit = self.reporter.emit
         key = item.key
         try:
-            async for chunk in stream.chunks():  # type: ignore[attr-defined]
+            async for chunk in stream.chunks():
                 if part.offset + len(buffer) + len(chunk) > size:
                     raise IntegrityError(
                         f"the server sent more than the {size} bytes the API announced"

@@ -38,8 +38,9 @@ def test_fault_matrix(served: Served, tmp_path: Path, name: str, size: int) -> N
     faults, expected_exit = MATRIX[name]
     node = served.server.call(lambda: served.space.add_file("root", "target.bin", SeededBlob(size, size)))
     served.server.call(lambda: served.emulator.set_faults([Fault(**vars(f)) for f in faults]))
+    mode = "token" if "token" in name else "auto"  # read tokens exist only in token mode
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json",
-                        "--retries", "4", "--stall-timeout", "0.5")
+                        "--retries", "4", "--stall-timeout", "0.5", "--read-mode", mode)
     assert result.exit_code == expected_exit, result.stderr
     final = tmp_path / "target.bin"
     fired = sum(v for k, v in served.emulator.counters.items() if k.startswith("fault:"))
@@ -67,7 +68,7 @@ def test_soak_random_faults_never_corrupt(make_served, tmp_path: Path) -> None:
     ]))
     began = time.monotonic()
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path), "-j", "16", "--json",
-                        "--retries", "3", "--stall-timeout", "0.3")
+                        "--retries", "3", "--stall-timeout", "0.3", "--read-mode", "token")
     assert time.monotonic() - began < 60
     assert result.exit_code in (0, 1), result.stderr
     failed = {r["path"] for r in result.files() if r["status"] == "failed"}

@@ -139,7 +139,8 @@ def test_folder_reference_lands_under_its_name(served: Served, tmp_path: Path) -
 def test_read_token_expired_mints_one_fresh_token(served: Served, tmp_path: Path) -> None:
     node = next(iter(served.space.files()))
     served.server.call(lambda: served.emulator.set_faults([Fault("expire_token", times=1)]))
-    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json")
+    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json",
+                        "--read-mode", "token")
     assert result.exit_code == 0, result.stderr
     assert served.stat("tokens_minted") == 2
     assert (tmp_path / node.name).read_bytes() == node.blob.read(0, node.blob.size)
@@ -171,3 +172,22 @@ def test_sizes_including_empty_and_multi_chunk(served: Served, tmp_path: Path, s
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / node.name).read_bytes() == node.blob.read(0, size)
+
+
+def test_auto_read_mode_falls_back_to_a_read_token(served: Served, tmp_path: Path) -> None:
+    nodes = list(served.space.files())[:3]
+    served.emulator.switches.bearer_reads = False
+    refs = [f"ws:{served.ws}/{n.id}" for n in nodes]
+    refused = served.cli("get", *refs, "-d", str(tmp_path / "b"), "--read-mode", "bearer")
+    assert refused.exit_code == 1 and served.stat("tokens_minted") == 0
+    result = served.cli("get", *refs, "-d", str(tmp_path / "a"), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert served.stat("tokens_minted") == 3
+    for node in nodes:
+        assert (tmp_path / "a" / node.name).read_bytes() == node.blob.read(0, node.blob.size)
+
+
+def test_default_reads_need_no_read_token(served: Served, tmp_path: Path) -> None:
+    result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert served.stat("tokens_minted") == 0 and served.stat("read") == 20

@@ -239,7 +239,7 @@ def test_no_token_ever_printed(make_served, tmp_path: Path, mode: str) -> None:
     ]))
     missing = "2" + "q" * 28
     result = served.cli("get", f"ws:{served.ws}/root", f"ws:{served.ws}/{missing}", "-d", str(tmp_path),
-                        "--debug", "--json", "--retries", "1", "--progress", mode)
+                        "--debug", "--json", "--retries", "1", "--progress", mode, "--read-mode", "token")
     assert result.exit_code == 1
     output = result.stdout + result.stderr
     minted = list(served.emulator.read_tokens)

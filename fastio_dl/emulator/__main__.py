@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-size", type=_size, default=0)
     parser.add_argument("--max-size", type=_size, default=64 * 1024)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--notes", type=int, default=1, help="generated note nodes")
+    parser.add_argument("--links", type=int, default=1, help="generated link nodes")
+    parser.add_argument("--plain-names", action="store_true", help="no spaces or unicode in names")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
     parser.add_argument("--bandwidth", type=_size, default=0, help="bytes/s per connection (e.g. 2M)")
     parser.add_argument("--no-range", action="store_true", help="ignore Range headers")
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     switches = Switches(latency=args.latency, bandwidth=args.bandwidth,
                         range_enabled=not args.no_range, faults=faults)
     spec = DatasetSpec(files=args.files, depth=args.depth, fanout=args.fanout,
-                       min_size=args.min_size, max_size=args.max_size, seed=args.seed)
+                       min_size=args.min_size, max_size=args.max_size, seed=args.seed,
+                       notes=args.notes, links=args.links, odd_names=not args.plain_names)
     emulator, space = build(spec, directory=args.data, switches=switches)
     emulator.tokens = {args.token}
     files = list(space.files())

@@ -1,0 +1,259 @@
+"""Benchmarks: fastio-dl against aria2c and curl on the same data from the emulator.
+
+    python -m tests.benchmarks [--only B1,B2] [--rounds 3] [--json results.json]
+
+Every server here is the project's emulator on 127.0.0.1 (a separate process). Peers are fed
+the emulator's pre-minted ``/read/?token=`` URLs (minted before timing); fastio-dl resolves
+details and read tokens itself inside its timed run. Runs alternate between tools; the table
+shows medians and ratios (fastio-dl time / peer time: below 1.0 means fastio-dl is faster).
+
+    B1  2,000 files of 64 KiB, 20 ms latency per request, concurrency 16 for every tool
+    B2  one 1 GiB file, no added latency, against single-stream curl (+ sha256sum CPU)
+    B3  one large file behind a per-connection bandwidth cap: N connections vs aria2c -x N -s N
+    B4  no-op sync of 10,000 up-to-date files: seconds and API calls
+    B5  a manifest of 100,000 references, --dry-run: seconds and peak memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.benchmarks.harness import (
+    FASTIO_DL,
+    WS,
+    EmulatorProcess,
+    Run,
+    fastio_args,
+    fresh_dir,
+    median,
+    require,
+    run_measured,
+)
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def curl_config(urls: list[tuple[str, str]], out: Path) -> Path:
+    config = out.parent / f"{out.name}.curl"
+    config.write_text("".join(f'url = "{u}"\noutput = "{out / name}"\n' for u, name in urls))
+    return config
+
+
+def aria_input(urls: list[tuple[str, str]], out: Path) -> Path:
+    listing = out.parent / f"{out.name}.aria"
+    listing.write_text("".join(f"{u}\n  out={name}\n" for u, name in urls))
+    return listing
+
+
+def alternate(rounds: int, tools: dict[str, Any]) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = {name: [] for name in tools}
+    for _ in range(rounds):
+        for name, make in tools.items():
+            run = make()
+            if run.exit != 0:
+                raise SystemExit(f"{name} failed with exit {run.exit}")
+            runs[name].append(run)
+    return runs
+
+
+def row(bench: str, runs: dict[str, list[Run]], ours: str = "fastio-dl") -> list[dict[str, Any]]:
+    base = median(runs[ours], "wall")
+    out = []
+    for tool, items in runs.items():
+        wall = median(items, "wall")
+        out.append({
+            "bench": bench, "tool": tool, "wall_s": round(wall, 3), "cpu_s": round(median(items, "cpu"), 3),
+            "peak_mb": round(median(items, "peak_mb"), 1),
+            "ratio": round(base / wall, 3) if tool != ours else 1.0,
+        })
+    return out
+
+
+def b1(tmp: Path, rounds: int) -> list[dict[str, Any]]:
+    emu = EmulatorProcess("--files", "2000", "--depth", "0", "--min-size", "64K", "--max-size", "64K")
+    try:
+        urls = emu.read_urls(emu.files())
+        emu.switches(latency=0.02)
+        aria, curl = require("aria2c", "aria2"), require("curl", "curl")
+
+        def ours() -> Run:
+            return run_measured("fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", str(fresh_dir(tmp / "f")),
+                                              "-j", "16", *fastio_args(emu)])
+
+        def run_curl() -> Run:
+            out = fresh_dir(tmp / "c")
+            return run_measured("curl", [curl, "-sf", "--parallel", "--parallel-max", "16", "-K",
+                                         str(curl_config(urls, out))])
+
+        def run_aria() -> Run:
+            out = fresh_dir(tmp / "a")
+            return run_measured("aria2c", [aria, "-q", "-j", "16", "-d", str(out), "-i", str(aria_input(urls, out)),
+                                           "--allow-overwrite=true", "--auto-file-renaming=false"])
+
+        return row("B1 2000 x 64 KiB, 20 ms", alternate(rounds, {"fastio-dl": ours, "curl": run_curl,
+                                                                 "aria2c": run_aria}))
+    finally:
+        emu.stop()
+
+
+def b2(tmp: Path, rounds: int, size: str) -> list[dict[str, Any]]:
+    emu = EmulatorProcess("--files", "1", "--depth", "0", "--min-size", size, "--max-size", size)
+    try:
+        files = emu.files()
+        curl = require("curl", "curl")
+
+        def ours() -> Run:
+            return run_measured("fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", str(fresh_dir(tmp / "f")),
+                                              *fastio_args(emu)])
+
+        def run_curl() -> Run:
+            (url, name), = emu.read_urls(files)  # a fresh token per run, minted before timing
+            out = fresh_dir(tmp / "c")
+            return run_measured("curl", [curl, "-sf", "-o", str(out / name), url])
+
+        runs = alternate(rounds, {"fastio-dl": ours, "curl": run_curl})
+        sha = run_measured("sha256sum", ["sha256sum", str(next((tmp / "c").iterdir()))])
+        rows = row(f"B2 one {size} file", runs)
+        gib = int(files[0]["size"]) / 2**30
+        for item in rows:
+            item["cpu_per_gib"] = round(item["cpu_s"] / gib, 2)
+        rows.append({"bench": f"B2 one {size} file", "tool": "sha256sum (curl has no hash)",
+                     "wall_s": round(sha.wall, 3), "cpu_s": round(sha.cpu, 3), "peak_mb": round(sha.peak_mb, 1),
+                     "cpu_per_gib": round(sha.cpu / gib, 2), "ratio": None})
+        return rows
+    finally:
+        emu.stop()
+
+
+def b3(tmp: Path, rounds: int, size: str, cap: str, n: int) -> list[dict[str, Any]]:
+    emu = EmulatorProcess("--files", "1", "--depth", "0", "--min-size", size, "--max-size", size, "--bandwidth", cap)
+    try:
+        files = emu.files()
+        aria = require("aria2c", "aria2")
+
+        def ours() -> Run:
+            return run_measured("fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", str(fresh_dir(tmp / "f")),
+                                              "--segments", str(n), *fastio_args(emu)])
+
+        def run_aria() -> Run:
+            (url, name), = emu.read_urls(files)
+            out = fresh_dir(tmp / "a")
+            return run_measured("aria2c", [aria, "-q", "-x", str(n), "-s", str(n), "-k", "1M", "-d", str(out),
+                                           "-o", name, "--allow-overwrite=true", url])
+
+        return row(f"B3 one {size} file, {cap}/s per connection, {n} connections",
+                   alternate(rounds, {"fastio-dl": ours, "aria2c": run_aria}))
+    finally:
+        emu.stop()
+
+
+def b4(tmp: Path, rounds: int) -> list[dict[str, Any]]:
+    emu = EmulatorProcess("--files", "10000", "--depth", "2", "--fanout", "4", "--min-size", "1", "--max-size", "2K")
+    try:
+        manifest = tmp / "b4.manifest"
+        manifest.write_text(f"ws:{WS}/root\n")
+        dest = fresh_dir(tmp / "b4")
+        argv = [*FASTIO_DL, "sync", str(manifest), "-d", str(dest), "-j", "16", *fastio_args(emu)]
+        first = run_measured("fastio-dl", argv)
+        if first.exit != 0:
+            raise SystemExit("B4: the first sync failed")
+        runs, calls = [], []
+        for _ in range(rounds):
+            emu.reset()
+            runs.append(run_measured("fastio-dl", argv))
+            calls.append(emu.stats())
+        stats = calls[-1]
+        return [{"bench": "B4 no-op sync, 10,000 files", "tool": "fastio-dl", "wall_s": round(median(runs, "wall"), 3),
+                 "cpu_s": round(median(runs, "cpu"), 3), "peak_mb": round(median(runs, "peak_mb"), 1),
+                 "api_calls": stats.get("requests", 0), "tokens_minted": stats.get("tokens_minted", 0),
+                 "reads": stats.get("read", 0), "first_sync_s": round(first.wall, 3), "ratio": None}]
+    finally:
+        emu.stop()
+
+
+def b5(tmp: Path) -> list[dict[str, Any]]:
+    emu = EmulatorProcess("--files", "100000", "--depth", "0", "--min-size", "1", "--max-size", "1K")
+    try:
+        ids = [node["id"] for node in emu.files()]
+        manifest = tmp / "b5.manifest"
+        manifest.write_text("".join(f"ws:{WS}/{node_id} d/{node_id}.bin\n" for node_id in ids))
+        emu.reset()
+        run = run_measured("fastio-dl", [*FASTIO_DL, "sync", str(manifest), "-d", str(fresh_dir(tmp / "b5")),
+                                         "--dry-run", "-j", "16", *fastio_args(emu)])
+        stats = emu.stats()
+        return [{"bench": "B5 manifest of 100,000 refs, dry run", "tool": "fastio-dl", "wall_s": round(run.wall, 3),
+                 "cpu_s": round(run.cpu, 3), "peak_mb": round(run.peak_mb, 1), "api_calls": stats.get("requests"),
+                 "exit": run.exit, "ratio": None}]
+    finally:
+        emu.stop()
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| bench | tool | wall s | CPU s | peak MB | fastio-dl time / tool time | notes |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        notes = ", ".join(f"{k}={v}" for k, v in r.items()
+                          if k not in ("bench", "tool", "wall_s", "cpu_s", "peak_mb", "ratio"))
+        ratio = "" if r.get("ratio") in (None, 1.0) else f"{r['ratio']:.2f}"
+        lines.append(f"| {r['bench']} | {r['tool']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_mb']:.0f} "
+                     f"| {ratio} | {notes} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--b2-size", default="1G")
+    parser.add_argument("--b3-size", default="256M")
+    parser.add_argument("--b3-cap", default="16M")
+    parser.add_argument("--b3-connections", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args()
+    only = {b.strip().upper() for b in args.only.split(",")}
+    rows: list[dict[str, Any]] = []
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fastio-bench-") as name:
+        tmp = Path(name)
+        steps = {
+            "B1": lambda: b1(tmp, args.rounds),
+            "B2": lambda: b2(tmp, args.rounds, args.b2_size),
+            "B3": lambda: b3(tmp, args.rounds, args.b3_size, args.b3_cap, args.b3_connections),
+            "B4": lambda: b4(tmp, args.rounds),
+            "B5": lambda: b5(tmp),
+        }
+        for key, step in steps.items():
+            if key in only:
+                print(f"running {key}...", file=sys.stderr, flush=True)
+                rows += step()
+    report = {"machine": machine(), "rounds": args.rounds, "seconds": round(time.monotonic() - began, 1),
+              "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"machine: {report['machine']}; medians of {args.rounds} alternating runs\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

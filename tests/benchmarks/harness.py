@@ -1,0 +1,148 @@
+"""Shared pieces of the benchmark scripts: the emulator as a process, measured child runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastio_dl.emulator import DEFAULT_TOKEN, DEMO_WORKSPACE_ID
+
+WS = DEMO_WORKSPACE_ID
+FASTIO_DL = [sys.executable, "-m", "fastio_dl"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
+
+
+class EmulatorProcess:
+    """``python -m fastio_dl.emulator`` on 127.0.0.1, in its own process (its own core)."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastio_dl.emulator", "--port", str(self.port), "--plain-names",
+             "--notes", "0", "--links", "0", *args],
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                self.stats()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise SystemExit("the emulator did not start")
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/current"
+
+    def get(self, path: str) -> Any:
+        request = urllib.request.Request(self.api_base + path, headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_emulator/stats", timeout=5) as r:
+            return json.loads(r.read())["counters"]  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/_emulator/reset", data=b"{}", method="POST")
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def switches(self, **body: Any) -> None:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/_emulator/faults", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def files(self) -> list[dict[str, Any]]:
+        """Every file of the workspace (walks folders), as node objects."""
+        out, folders = [], ["root"]
+        while folders:
+            folder = folders.pop()
+            cursor = None
+            while True:
+                query = f"?page_size=500{'&cursor=' + cursor if cursor else ''}"
+                page = self.get(f"/workspace/{WS}/storage/{folder}/list/{query}")
+                for node in page["nodes"]["items"]:
+                    (folders.append(node["id"]) if node["type"] == "folder" else out.append(node))
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    break
+        return out
+
+    def read_urls(self, files: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Pre-minted ``/read/?token=`` URLs for the peers (minted before any timing starts)."""
+        urls = []
+        for node in files:
+            token = self.get(f"/workspace/{WS}/storage/{node['id']}/requestread/")["token"]
+            urls.append((f"{self.api_base}/workspace/{WS}/storage/{node['id']}/read/?token={token}", node["name"]))
+        return urls
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@dataclass
+class Run:
+    tool: str
+    exit: int
+    wall: float
+    cpu: float
+    peak_mb: float
+
+
+def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
+    """Run argv; wall time, the child's CPU seconds and peak RSS from the kernel (wait4)."""
+    began = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - began
+    return Run(tool, os.waitstatus_to_exitcode(status), wall, usage.ru_utime + usage.ru_stime,
+               usage.ru_maxrss / 1024)
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def median(runs: list[Run], attr: str) -> float:
+    return float(statistics.median(getattr(r, attr) for r in runs))
+
+
+def require(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise SystemExit(f"{tool} is missing: install it with `apt-get install {package}` and run again")
+    return path
+
+
+def fastio_args(emulator: EmulatorProcess) -> list[str]:
+    return ["--api-base", emulator.api_base, "--token", DEFAULT_TOKEN, "--progress", "none"]
