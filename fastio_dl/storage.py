@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -150,11 +151,36 @@ def sidecar_path(final: Path) -> Path:
     return final.with_name(final.name + SIDECAR_SUFFIX)
 
 
+class DiskSpace:
+    """Free space of the destination, re-read at most every ``ttl`` seconds (statvfs per file
+    adds up over thousands of small files; reservations cover what changes in between)."""
+
+    def __init__(self, directory: Path, ttl: float = 1.0) -> None:
+        self.directory = directory
+        self.ttl = ttl
+        self._free: int | None = None
+        self._read_at = 0.0
+
+    def check(self, needed: int) -> None:
+        now = time.monotonic()
+        if self._free is None or now - self._read_at > self.ttl:
+            try:
+                self._free = shutil.disk_usage(self.directory).free
+            except OSError:
+                return
+            self._read_at = now
+        _check_free(self._free, needed)
+
+
 def check_disk_space(directory: Path, needed: int) -> None:
     try:
         free = shutil.disk_usage(directory).free
     except OSError:
         return
+    _check_free(free, needed)
+
+
+def _check_free(free: int, needed: int) -> None:
     if needed + DISK_MARGIN > free:
         raise DiskSpaceError(
             f"not enough disk space: need {human_bytes(needed)}, have {human_bytes(free)}",
@@ -185,13 +211,17 @@ class PathGuard:
         self._checked: set[str] = set()
 
     def check(self, path: Path) -> Path:
+        # The file itself is never written through: parts are opened with O_NOFOLLOW and the
+        # final name is only ever the target of a rename, which replaces a link, not its target.
         parent = str(path.parent)
         if parent not in self._checked:
             ensure_inside(self.dest, path.parent)
             self._checked.add(parent)
-        if path.is_symlink():
-            ensure_inside(self.dest, path)
         return path
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
 
 
 def write_atomic(final: Path, data: bytes, *, fsync: bool = True) -> None:
@@ -199,7 +229,7 @@ def write_atomic(final: Path, data: bytes, *, fsync: bool = True) -> None:
     part = part_path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        with part.open("wb") as handle:
+        with open(part, "wb", opener=_open_nofollow) as handle:
             handle.write(data)
             if fsync:
                 handle.flush()
@@ -224,6 +254,7 @@ class MemoryPart:
         self.path = part_path(final)
         self.buffer = bytearray()
         self.is_open = False
+        self._digest: tuple[int, str | None] | None = None  # (length hashed, digest)
 
     @property
     def offset(self) -> int:
@@ -235,16 +266,24 @@ class MemoryPart:
     async def open(self, offset: int) -> None:
         if offset == 0:
             self.buffer.clear()
+        self._digest = None
         self.is_open = True
 
     async def write(self, data: bytes) -> None:
         self.buffer += data
+        self._digest = None
 
     async def close(self) -> None:
         self.is_open = False
 
     def verify(self) -> str | None:
-        return _verify(self.offset, self.meta, lambda: _digest(self.meta.hash_algo, self.buffer))
+        return _verify(self.offset, self.meta, self._cached_digest)
+
+    def _cached_digest(self) -> str | None:
+        # verify() runs after the last attempt and again before commit: hash only once.
+        if self._digest is None:
+            self._digest = (len(self.buffer), _digest(self.meta.hash_algo, self.buffer))
+        return self._digest[1]
 
     async def commit(self, *, fsync: bool = True) -> None:
         await asyncio.to_thread(write_atomic, self.final, bytes(self.buffer), fsync=fsync)
@@ -314,9 +353,9 @@ class PartFile:
                 offset = done
             if offset == 0:
                 self.sidecar.write_text(json.dumps(asdict(self.meta)), encoding="utf-8")
-                self._handle = await aiofiles.open(self.path, "wb")
+                self._handle = await aiofiles.open(self.path, "wb", opener=_open_nofollow)
             else:
-                self._handle = await aiofiles.open(self.path, "r+b")
+                self._handle = await aiofiles.open(self.path, "r+b", opener=_open_nofollow)
                 await self._handle.seek(offset)
                 await self._handle.truncate(offset)
         except OSError as exc:

@@ -47,7 +47,7 @@ from fastio_dl.storage import (
     PartFile,
     PathGuard,
     PartMeta,
-    check_disk_space,
+    DiskSpace,
     matches_local,
     part_path,
     sidecar_path,
@@ -137,6 +137,7 @@ class Engine:
         self._started = time.monotonic()
         self.dest = settings.dest
         self.guard = PathGuard(settings.dest)
+        self.disk = DiskSpace(settings.dest)
 
     # ------------------------------------------------------------------ control
     def interrupt(self, reason: str = "interrupted") -> None:
@@ -258,12 +259,12 @@ class Engine:
 
     def _reserve(self, item: PlanItem, final: Path) -> None:
         """Check room for this file on top of what files already in flight still need."""
-        try:
-            have = part_path(final).stat().st_size
-        except OSError:
-            have = 0
+        have = 0
+        if item.remote.size > SMALL_FILE:  # only large files leave a resumable .part
+            with contextlib.suppress(OSError):
+                have = part_path(final).stat().st_size
         need = max(0, item.remote.size - have)
-        check_disk_space(self.dest, need + self._reserved)
+        self.disk.check(need + self._reserved)
         self._reserved += need
         self._reservations[item.key] = need
 

@@ -16,7 +16,7 @@ SMALL, LARGE = 50_000, 3_000_000
 MATRIX = {
     "drop": ([Fault("drop", after_bytes=20_000, times=2)], 0),
     "drop always": ([Fault("drop", after_bytes=0)], 1),
-    "stall": ([Fault("stall", after_bytes=20_000, seconds=3, times=1)], 0),
+    "stall": ([Fault("stall", after_bytes=20_000, seconds=1.5, times=1)], 0),
     "429 with retry_after": ([Fault("rate_limit", endpoint="any", retry_after=0.05, times=3)], 0),
     "429 headers only": ([Fault("rate_limit", endpoint="any", retry_after=None, seconds=0, times=2)], 0),
     "5xx burst": ([Fault("server_error", endpoint="any", status=502, times=2),

@@ -130,12 +130,14 @@ def test_signal_keeps_partials_and_next_run_finishes(make_served, tmp_path: Path
 
 
 def test_sigkill_then_rerun_leaves_no_partial(make_served, tmp_path: Path) -> None:
-    served: Served = make_served(DatasetSpec(files=12, depth=1, fanout=2, min_size=200_000, max_size=400_000))
-    served.emulator.switches.bandwidth = 2_000_000
+    # Mixed sizes: small files (verified in memory) finish while large ones are mid-write.
+    served: Served = make_served(DatasetSpec(files=12, depth=1, fanout=2, min_size=100_000, max_size=2_500_000))
+    served.emulator.switches.bandwidth = 3_000_000
     proc = _spawn_get(served, tmp_path, "-j", "4")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not list(tmp_path.rglob("*.part")):
         time.sleep(0.02)
+    assert list(tmp_path.rglob("*.part")), "no partial file appeared before the kill"
     proc.kill()
     proc.communicate()
     served.emulator.switches.bandwidth = 0
