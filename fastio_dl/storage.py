@@ -30,12 +30,15 @@ SIDECAR_SUFFIX = ".part.json"
 MAX_NAME_BYTES = 255 - len(SIDECAR_SUFFIX)
 DISK_MARGIN = 1024 * 1024
 HASH_BLOCK = 1024 * 1024
+INLINE_HASH = 16 * 1024  # smaller buffers are hashed on the loop (a thread hop costs more)
 KNOWN_ALGOS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 _WINDOWS_RESERVED = frozenset(
     {"con", "prn", "aux", "nul"}
     | {f"com{i}" for i in range(1, 10)}
     | {f"lpt{i}" for i in range(1, 10)}
 )
+
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 
 #: One path component that the sanitiser produced: no separators, no "..", no control bytes.
 SafeName = NewType("SafeName", str)
@@ -49,6 +52,11 @@ def safe_name(name: str) -> SafeName:
     )
     # Trailing dots and spaces vanish on Windows and make two names one; leading/trailing
     # whitespace is invisible in listings.
+    if os.name == "nt":
+        value = "".join("_" if ch in _WINDOWS_FORBIDDEN else ch for ch in value)
+    elif len(value) >= 2 and value[1] == ":" and value[0].isascii() and value[0].isalpha():
+        # "C:x" is drive-relative on Windows; keep such a tree portable.
+        value = value[0] + "_" + value[2:]
     stripped = value.strip().rstrip(". ")
     # "", ".", ".." and the like would name the directory itself or its parent.
     value = stripped or "_" * max(1, len(value))
@@ -276,7 +284,10 @@ class MemoryPart:
     async def close(self) -> None:
         self.is_open = False
 
-    def verify(self) -> str | None:
+    async def verify(self) -> str | None:
+        if self._digest is None and len(self.buffer) > INLINE_HASH:
+            # Off the event loop: hashlib releases the GIL, so this overlaps other transfers.
+            await asyncio.to_thread(self._cached_digest)
         return _verify(self.offset, self.meta, self._cached_digest)
 
     def _cached_digest(self) -> str | None:
@@ -383,7 +394,7 @@ class PartFile:
     def is_open(self) -> bool:
         return self._handle is not None
 
-    def verify(self) -> str | None:
+    async def verify(self) -> str | None:
         """Check size and hash; return a warning when the hash cannot be checked."""
         hasher = self._hasher
         return _verify(self.offset, self.meta, lambda: None if hasher is None else hasher.hexdigest())

@@ -345,7 +345,7 @@ class Engine:
             async for attempt in self.retry.retrying(before_sleep):
                 with attempt:
                     await self._attempt(item, part, state, start if attempt.retry_state.attempt_number == 1 else None)
-            warning = part.verify()
+            warning = await part.verify()
             if warning:
                 self.reporter.emit(Notice("warning", f"{final}: {warning}"))
             await part.commit()
@@ -369,7 +369,7 @@ class Engine:
         if offset >= remote.size:
             # Everything is already here (a resumed .part): verify without a request.
             try:
-                part.verify()
+                await part.verify()
                 return
             except IntegrityError:
                 await self._restart(item, part)
@@ -405,7 +405,7 @@ class Engine:
         if part.offset < remote.size:
             raise ShortReadError(f"body ended after {part.offset} of {remote.size} bytes")
         try:
-            part.verify()
+            await part.verify()
         except IntegrityError:
             await self._restart(item, part)
             raise
