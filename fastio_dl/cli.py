@@ -217,13 +217,33 @@ def run_engine(
                     loop.remove_signal_handler(signum)
 
     try:
-        outcome = asyncio.run(go())
+        outcome = asyncio.run(go(), loop_factory=_loop_factory()) if sys.version_info >= (3, 12) \
+            else _run_311(go())
     finally:
         reporter.close()
     if received:
         outcome.interrupted = True
         outcome.signal = received[0]  # type: ignore[attr-defined]
     return outcome
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (``pip install 'fastio-dl[speed]'``): measurably less CPU per file."""
+    if os.environ.get("FASTIO_DL_NO_UVLOOP"):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def _run_311(main: Any) -> Any:
+    factory = _loop_factory()
+    if factory is None:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def exit_code_of(outcome: Outcome) -> int:

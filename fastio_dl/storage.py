@@ -263,6 +263,9 @@ class MemoryPart:
         self.buffer = bytearray()
         self.is_open = False
         self._digest: tuple[int, str | None] | None = None  # (length hashed, digest)
+        self._done = False  # verified and written
+        self._warning: str | None = None
+        self.fsync = True
 
     @property
     def offset(self) -> int:
@@ -285,10 +288,17 @@ class MemoryPart:
         self.is_open = False
 
     async def verify(self) -> str | None:
-        if self._digest is None and len(self.buffer) > INLINE_HASH:
-            # Off the event loop: hashlib releases the GIL, so this overlaps other transfers.
-            await asyncio.to_thread(self._cached_digest)
-        return _verify(self.offset, self.meta, self._cached_digest)
+        """Check size and hash and, when they pass, write the file: one thread hop per file
+        (hop count, not bytes, is what small files cost)."""
+        if not self._done:
+            self._warning = await asyncio.to_thread(self._verify_and_write)
+            self._done = True
+        return self._warning
+
+    def _verify_and_write(self) -> str | None:
+        warning = _verify(self.offset, self.meta, self._cached_digest)
+        write_atomic(self.final, bytes(self.buffer), fsync=self.fsync)
+        return warning
 
     def _cached_digest(self) -> str | None:
         # verify() runs after the last attempt and again before commit: hash only once.
@@ -297,7 +307,7 @@ class MemoryPart:
         return self._digest[1]
 
     async def commit(self, *, fsync: bool = True) -> None:
-        await asyncio.to_thread(write_atomic, self.final, bytes(self.buffer), fsync=fsync)
+        await self.verify()  # verify() writes; a no-op when it already ran
 
     async def discard(self) -> None:
         self.buffer.clear()

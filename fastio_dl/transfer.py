@@ -131,6 +131,7 @@ class Engine:
         self.outcome = Outcome()
         self.retry = RetryPolicy.from_settings(settings)
         self._stop_new: str | None = None  # reason new files must not start
+        self._net_slots = asyncio.Semaphore(settings.concurrency)  # transfers on the wire at once
         self._reserved = 0  # bytes that files in flight may still write
         self._reservations: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -179,11 +180,12 @@ class Engine:
                 for task in preparers:
                     task.cancel()
             # Only after a normal end: once cancelled, nobody may be left to drain the queue.
-            for _ in range(n):
+            for _ in range(2 * n):
                 await ready_q.put(None)
 
         self._tasks = [asyncio.create_task(plan()), asyncio.create_task(prepare_all())]
-        self._tasks += [asyncio.create_task(self._download_loop(ready_q)) for _ in range(n)]
+        # Twice as many workers as network slots: while one verifies and writes, another reads.
+        self._tasks += [asyncio.create_task(self._download_loop(ready_q)) for _ in range(2 * n)]
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         self.outcome.planned_paths = set(planner.claimed)
         for result in results:
@@ -344,7 +346,16 @@ class Engine:
         try:
             async for attempt in self.retry.retrying(before_sleep):
                 with attempt:
-                    await self._attempt(item, part, state, start if attempt.retry_state.attempt_number == 1 else None)
+                    first = start if attempt.retry_state.attempt_number == 1 else None
+                    # Only the network part holds one of the -j slots: hashing and writing
+                    # overlap the next transfer instead of delaying it.
+                    async with self._net_slots:
+                        await self._attempt(item, part, state, first)
+                    try:
+                        await part.verify()
+                    except IntegrityError:
+                        await self._restart(item, part)
+                        raise
             warning = await part.verify()
             if warning:
                 self.reporter.emit(Notice("warning", f"{final}: {warning}"))
@@ -367,15 +378,7 @@ class Engine:
             await part.open(offset)
             offset = part.offset
         if offset >= remote.size:
-            # Everything is already here (a resumed .part): verify without a request.
-            try:
-                await part.verify()
-                return
-            except IntegrityError:
-                await self._restart(item, part)
-                offset = 0
-                if remote.size == 0:
-                    return
+            return  # everything is already here (a resumed .part or an empty file): just verify
         try:
             async with self.client.open_read(
                 remote.context, remote.context_id, remote.node_id, token=state.token, start=offset
@@ -404,11 +407,6 @@ class Engine:
             raise
         if part.offset < remote.size:
             raise ShortReadError(f"body ended after {part.offset} of {remote.size} bytes")
-        try:
-            await part.verify()
-        except IntegrityError:
-            await self._restart(item, part)
-            raise
 
     async def _restart(self, item: PlanItem, part: Part) -> None:
         if part.offset:
