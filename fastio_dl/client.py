@@ -18,6 +18,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
+
 import aiohttp
 from tenacity import (
     AsyncRetrying,
@@ -273,8 +276,11 @@ class ReadStream:
 
 
 class FastioClient:
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: Settings, *, proxy: str | None = None
+    ) -> None:
         self._session = session
+        self._proxy = proxy
         self._settings = settings
         self._base = settings.api_base.rstrip("/")
         self._token = settings.token
@@ -306,9 +312,10 @@ class FastioClient:
             timeout=timeout,
             read_bufsize=READ_BUFFER,
             headers={"User-Agent": f"fastio-dl/{__version__}"},
-            trust_env=True,
+            # Not trust_env: it re-reads ~/.netrc on every request. Proxies are resolved once.
+            trust_env=False,
         ) as session:
-            yield cls(session, settings)
+            yield cls(session, settings, proxy=proxy_for(settings.api_base))
 
     def redact(self, text: str) -> str:
         return redact(text, frozenset(self._secrets))
@@ -349,7 +356,9 @@ class FastioClient:
         async def once() -> Mapping[str, Any]:
             self.api_calls += 1
             try:
-                async with self._session.get(url, params=params, headers=headers) as resp:
+                async with self._session.get(
+                    url, params=params, headers=headers, proxy=self._proxy
+                ) as resp:
                     raw = await resp.read()
                     status = resp.status
                     resp_headers = resp.headers
@@ -458,7 +467,7 @@ class FastioClient:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
         self.api_calls += 0  # reads are not API calls; counted by the emulator separately
         try:
-            response = await self._session.get(url, params=params, headers=headers)
+            response = await self._session.get(url, params=params, headers=headers, proxy=self._proxy)
         except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
             raise self._network_error("read", exc) from exc
         try:
@@ -472,6 +481,15 @@ class FastioClient:
             yield ReadStream(response, self._settings.stall_timeout)
         finally:
             response.release()
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)."""
+    parts = urlsplit(url)
+    if proxy_bypass_environment(parts.hostname or "", getproxies_environment()):
+        return None
+    proxies = getproxies_environment()
+    return proxies.get(parts.scheme) or proxies.get("all") or None
 
 
 def _norm(node_id: str) -> str:
