@@ -251,10 +251,13 @@ class ReadStream:
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
         try:
+            # readchunk hands over buffered chunks as they are (readany would join them: a copy)
             while True:
-                chunk = await content.readany()
+                chunk, _ = await content.readchunk()
                 if not chunk:
-                    break
+                    if content.at_eof():
+                        break
+                    continue
                 self.received += len(chunk)
                 yield chunk
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError) as exc:

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NewType
 
-import aiofiles
 import aiofiles.os
 
 from fastio_dl.errors import DiskSpaceError, IntegrityError, TransferError, WriteError
@@ -280,8 +279,9 @@ class MemoryPart:
         self._digest = None
         self.is_open = True
 
-    async def write(self, data: bytes) -> None:
-        self.buffer += data
+    async def write(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.buffer += chunk
         self._digest = None
 
     async def close(self) -> None:
@@ -339,16 +339,22 @@ def _verify(offset: int, meta: PartMeta, digest: Any) -> str | None:
 
 
 class PartFile:
-    """``NAME.part`` plus its sidecar: resumable bytes that become ``NAME`` only when verified."""
+    """``NAME.part`` plus its sidecar: resumable bytes that become ``NAME`` only when verified.
+
+    Writes are pipelined: each batch of chunks is written and hashed in one worker-thread call
+    (both release the GIL) while the event loop already receives the next batch. At most one
+    batch is in flight, so memory stays flat whatever the file size.
+    """
 
     def __init__(self, final: Path, meta: PartMeta) -> None:
         self.final = final
         self.meta = meta
         self.path = part_path(final)
         self.sidecar = sidecar_path(final)
-        self.offset = 0
+        self.offset = 0  # bytes handed to write(), in order
         self._hasher: Any = None
-        self._handle: Any = None
+        self._fd: int | None = None
+        self._pending: asyncio.Task[None] | None = None
 
     def resumable_offset(self) -> int:
         """Bytes of an earlier ``.part`` that can be kept (0 if the remote changed)."""
@@ -361,6 +367,10 @@ class PartFile:
             return 0
         return size
 
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
     async def open(self, offset: int) -> None:
         """Open for writing at ``offset`` (0 truncates) and hash the kept prefix."""
         await self.close()
@@ -368,63 +378,78 @@ class PartFile:
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             if offset > 0 and self._hasher is not None:
-                self._hasher, done = await asyncio.to_thread(
+                self._hasher, offset = await asyncio.to_thread(
                     hash_file, self.path, self.meta.hash_algo.lower(), offset  # type: ignore[union-attr]
                 )
-                offset = done
             if offset == 0:
                 self.sidecar.write_text(json.dumps(asdict(self.meta)), encoding="utf-8")
-                self._handle = await aiofiles.open(self.path, "wb", opener=_open_nofollow)
-            else:
-                self._handle = await aiofiles.open(self.path, "r+b", opener=_open_nofollow)
-                await self._handle.seek(offset)
-                await self._handle.truncate(offset)
+            self._fd = _open_nofollow(str(self.path), os.O_WRONLY | os.O_CREAT)
+            os.ftruncate(self._fd, offset)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
         self.offset = offset
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, chunks: list[bytes]) -> None:
+        """Queue ``chunks`` at the current offset; waits only for the previous batch."""
+        await self.flush()
+        at = self.offset
+        self.offset += sum(len(c) for c in chunks)
+        self._pending = asyncio.ensure_future(asyncio.to_thread(self._write_sync, chunks, at))
+
+    def _write_sync(self, chunks: list[bytes], at: int) -> None:
+        fd = self._fd
+        if fd is None:
+            return
         try:
-            if self._hasher is not None:
-                # Both release the GIL: hashing overlaps the write instead of following it.
-                await asyncio.gather(self._handle.write(data), asyncio.to_thread(self._hasher.update, data))
-            else:
-                await self._handle.write(data)
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, at)
+                    view = view[written:]
+                    at += written
+                if self._hasher is not None:
+                    self._hasher.update(chunk)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
-        self.offset += len(data)
+
+    async def flush(self) -> None:
+        """Wait for the batch in flight; its write error, if any, is raised here."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
 
     async def close(self) -> None:
-        if self._handle is not None:
-            handle, self._handle = self._handle, None
-            with contextlib.suppress(OSError):
-                await handle.close()
-
-    @property
-    def is_open(self) -> bool:
-        return self._handle is not None
+        try:
+            await self.flush()
+        finally:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     async def verify(self) -> str | None:
         """Check size and hash; return a warning when the hash cannot be checked."""
+        await self.flush()
         hasher = self._hasher
         return _verify(self.offset, self.meta, lambda: None if hasher is None else hasher.hexdigest())
 
     async def commit(self, *, fsync: bool = True) -> None:
         """fsync, then atomically rename over the final name and drop the sidecar."""
         try:
-            if fsync and self._handle is not None:
-                await self._handle.flush()
-                await asyncio.to_thread(os.fsync, self._handle.fileno())
+            await self.flush()
+            if fsync and self._fd is not None:
+                await asyncio.to_thread(os.fsync, self._fd)
             await self.close()
-            await aiofiles.os.replace(self.path, self.final)
+            await asyncio.to_thread(os.replace, self.path, self.final)
         except OSError as exc:
             raise _write_error(self.final, exc) from exc
         with contextlib.suppress(OSError):
-            await aiofiles.os.remove(self.sidecar)
+            self.sidecar.unlink()
 
     async def discard(self) -> None:
         """Remove the partial and its sidecar (the remote changed or the bytes were wrong)."""
-        await self.close()
+        with contextlib.suppress(Exception):
+            await self.close()
         for path in (self.path, self.sidecar):
             with contextlib.suppress(OSError):
-                await aiofiles.os.remove(path)
+                path.unlink()

@@ -415,26 +415,28 @@ class Engine:
 
     async def _stream(self, item: PlanItem, part: Part, stream: ReadStream, state: _FetchState) -> None:
         size = item.remote.size
-        buffer = bytearray()
+        batch: list[bytes] = []
+        batched = 0
         emit = self.reporter.emit
         key = item.key
         try:
             async for chunk in stream.chunks():
-                if part.offset + len(buffer) + len(chunk) > size:
+                if part.offset + batched + len(chunk) > size:
                     raise IntegrityError(
                         f"the server sent more than the {size} bytes the API announced"
                     )
-                buffer += chunk
+                batch.append(chunk)
+                batched += len(chunk)
                 state.transferred += len(chunk)
                 emit(FileProgress(key, len(chunk)))
-                if len(buffer) >= WRITE_BLOCK:
-                    await part.write(bytes(buffer))
-                    buffer.clear()
+                if batched >= WRITE_BLOCK:
+                    await part.write(batch)
+                    batch, batched = [], 0
         finally:
             # Bytes that arrived before a break are good: keep them so the retry resumes after them.
-            if buffer:
+            if batch:
                 with contextlib.suppress(FastioDlError):
-                    await part.write(bytes(buffer))
+                    await part.write(batch)
 
     # ------------------------------------------------------------------ accounting
     def _fail(self, item: PlanItem, final: Path, error: str) -> None:
