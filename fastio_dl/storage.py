@@ -29,6 +29,8 @@ SIDECAR_SUFFIX = ".part.json"
 MAX_NAME_BYTES = 255 - len(SIDECAR_SUFFIX)
 DISK_MARGIN = 1024 * 1024
 HASH_BLOCK = 1024 * 1024
+IOV_MAX = 512
+_FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 INLINE_HASH = 16 * 1024  # smaller buffers are hashed on the loop (a thread hop costs more)
 KNOWN_ALGOS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 _WINDOWS_RESERVED = frozenset(
@@ -338,6 +340,11 @@ def _verify(offset: int, meta: PartMeta, digest: Any) -> str | None:
     return None
 
 
+def _update_all(hasher: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
+
+
 class PartFile:
     """``NAME.part`` plus its sidecar: resumable bytes that become ``NAME`` only when verified.
 
@@ -354,7 +361,7 @@ class PartFile:
         self.offset = 0  # bytes handed to write(), in order
         self._hasher: Any = None
         self._fd: int | None = None
-        self._pending: asyncio.Task[None] | None = None
+        self._pending: asyncio.Future[Any] | None = None
 
     def resumable_offset(self) -> int:
         """Bytes of an earlier ``.part`` that can be kept (0 if the remote changed)."""
@@ -394,21 +401,31 @@ class PartFile:
         await self.flush()
         at = self.offset
         self.offset += sum(len(c) for c in chunks)
-        self._pending = asyncio.ensure_future(asyncio.to_thread(self._write_sync, chunks, at))
+        jobs = [asyncio.to_thread(self._write_sync, chunks, at)]
+        if self._hasher is not None:
+            # The write and the hash run in two threads at once (both release the GIL).
+            jobs.append(asyncio.to_thread(_update_all, self._hasher, chunks))
+        self._pending = asyncio.ensure_future(asyncio.gather(*jobs))
 
     def _write_sync(self, chunks: list[bytes], at: int) -> None:
         fd = self._fd
         if fd is None:
             return
+        start = at
         try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    written = os.pwrite(fd, view, at)
-                    view = view[written:]
-                    at += written
-                if self._hasher is not None:
-                    self._hasher.update(chunk)
+            pending = [memoryview(c) for c in chunks]
+            while pending:
+                written = os.pwritev(fd, pending[:IOV_MAX], at)
+                at += written
+                while pending and written >= len(pending[0]):
+                    written -= len(pending[0])
+                    pending.pop(0)
+                if pending and written:
+                    pending[0] = pending[0][written:]
+            if _FADV_DONTNEED is not None:
+                # Start writeback now (Linux: DONTNEED on dirty pages queues them), so the fsync
+                # before the rename has little left to do and the page cache stays small.
+                os.posix_fadvise(fd, start, at - start, _FADV_DONTNEED)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
 

@@ -53,7 +53,7 @@ from fastio_dl.storage import (
     sidecar_path,
 )
 
-WRITE_BLOCK = 1024 * 1024
+WRITE_BLOCK = 4 * 1024 * 1024
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
 Part = MemoryPart | PartFile
 STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)

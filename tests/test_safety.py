@@ -114,12 +114,17 @@ def test_signal_keeps_partials_and_next_run_finishes(make_served, tmp_path: Path
                                              odd_names=False, notes=0, links=0))
     served.emulator.switches.bandwidth = 1_000_000
     proc = _spawn_get(served, tmp_path, "-j", "3")
-    _wait_for_partials(tmp_path, 3, 100_000)
+    _wait_for_partials(tmp_path, 3, 0)
+    deadline = time.monotonic() + 20
+    while served.stat("read_bytes") < 900_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signum)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == code, err
     assert "interrupted" in err and "Traceback" not in err
-    assert len(list(tmp_path.glob("*.part"))) == 3 and len(list(tmp_path.glob("*.part.json"))) == 3
+    parts = list(tmp_path.glob("*.part"))
+    assert len(parts) == 3 and len(list(tmp_path.glob("*.part.json"))) == 3
+    assert sum(p.stat().st_size for p in parts) > 0  # what arrived before the signal is kept
     assert not [p for p in tmp_path.iterdir() if not p.name.endswith((".part", ".part.json"))]
     served.emulator.switches.bandwidth = 0
     served.server.call(served.emulator.reset_counters)

@@ -118,7 +118,11 @@ class Run:
 
 
 def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
-    """Run argv; wall time, the child's CPU seconds and peak RSS from the kernel (wait4)."""
+    """Run argv; wall time, the child's CPU seconds and peak RSS from the kernel (wait4).
+
+    Dirty pages left by the previous run are flushed first, so that no tool pays for another's
+    writeback."""
+    os.sync()
     began = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
