@@ -53,6 +53,8 @@ class Settings:
     # auto: read with the API token, minting a read token only if that is refused (401);
     # token: mint a read token per file; bearer: the API token only
     read_mode: str = "auto"
+    segments: int = 4  # ranged requests per large file (1: one stream)
+    segment_threshold: int = 64 * 1024 * 1024
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 

@@ -463,6 +463,84 @@ class PartFile:
         with contextlib.suppress(OSError):
             self.sidecar.unlink()
 
+    # -- segmented downloads: ranges written in place into one preallocated file
+
+    def saved_segments(self) -> list[list[int]] | None:
+        """Segments ``[start, end, done]`` of an earlier segmented run of the same remote bytes;
+        a single-stream ``.part`` of the same remote counts as a done prefix."""
+        try:
+            saved = json.loads(self.sidecar.read_text(encoding="utf-8"))
+            size = self.path.stat().st_size
+        except (OSError, ValueError):
+            return None
+        segments = saved.pop("segments", None) if isinstance(saved, dict) else None
+        if saved != asdict(self.meta):
+            return None
+        if segments is None:
+            return [[0, self.meta.size - 1, min(size, self.meta.size)]] if size else None
+        return [list(map(int, seg)) for seg in segments]
+
+    async def open_segmented(self, segments: list[list[int]], fresh: bool) -> None:
+        await self.close()
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = _open_nofollow(str(self.path), os.O_WRONLY | os.O_CREAT)
+            if fresh:
+                os.ftruncate(self._fd, 0)
+            if hasattr(os, "posix_fallocate") and self.meta.size:
+                # Reserve the blocks now: a full disk fails here, not half-way through.
+                os.posix_fallocate(self._fd, 0, self.meta.size)
+            else:
+                os.ftruncate(self._fd, self.meta.size)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+        self.save_segments(segments)
+
+    def save_segments(self, segments: list[list[int]]) -> None:
+        record = {**asdict(self.meta), "segments": segments}
+        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(tmp, self.sidecar)
+        except OSError as exc:
+            raise _write_error(self.sidecar, exc) from exc
+
+    async def write_at(self, at: int, chunks: list[bytes]) -> None:
+        await asyncio.to_thread(self._pwrite_all, chunks, at)
+
+    def _pwrite_all(self, chunks: list[bytes], at: int) -> None:
+        fd = self._fd
+        if fd is None:
+            raise WriteError(f"{self.path} is closed")
+        try:
+            pending = [memoryview(c) for c in chunks]
+            while pending:
+                written = os.pwritev(fd, pending[:IOV_MAX], at)
+                at += written
+                while pending and written >= len(pending[0]):
+                    written -= len(pending[0])
+                    pending.pop(0)
+                if pending and written:
+                    pending[0] = pending[0][written:]
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+
+    def hash_range(self, hasher: Any, start: int, end: int) -> None:
+        """Feed bytes ``[start, end)`` of the part file to ``hasher`` (from the page cache)."""
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(start)
+            while start < end:
+                block = handle.read(min(HASH_BLOCK * 4, end - start))
+                if not block:
+                    raise IntegrityError(f"{self.path.name} is shorter than expected")
+                hasher.update(block)
+                start += len(block)
+
+    def set_result(self, size: int, hasher: Any) -> None:
+        """Record what a segmented download verified, for verify() and commit()."""
+        self.offset = size
+        self._hasher = hasher
+
     async def discard(self) -> None:
         """Remove the partial and its sidecar (the remote changed or the bytes were wrong)."""
         with contextlib.suppress(Exception):

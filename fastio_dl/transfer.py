@@ -49,6 +49,7 @@ from fastio_dl.storage import (
     PartMeta,
     DiskSpace,
     matches_local,
+    new_hasher,
     part_path,
     sidecar_path,
 )
@@ -331,6 +332,14 @@ class Engine:
         part: Part = MemoryPart(final, meta) if remote.size <= SMALL_FILE else PartFile(final, meta)
         self.guard.check(final)
         self.guard.check(part.path)
+        if isinstance(part, PartFile) and self._is_segmentable(item):
+            try:
+                async with self._net_slots:
+                    return await self._fetch_segmented(item, final, part, token)
+            except RangeUnsupportedError:
+                # The server ignores Range: one stream from byte zero it is.
+                await part.discard()
+                self.reporter.emit(Notice("info", f"{final}: the server ignores Range; one stream"))
         start = part.resumable_offset()
         self.reporter.emit(FileStarted(item.key, str(final), remote.size, start))
         state = _FetchState(token=token)
@@ -396,17 +405,171 @@ class Engine:
                         )
                 await self._stream(item, part, stream, state)
         except ApiError as exc:
-            if exc.status == 401 and not state.refreshed and self.settings.read_mode != "bearer":
-                # Read tokens expire (about 2 h), and a bearer read may be refused: mint one
-                # fresh read token per file, then give up.
-                state.refreshed = True
-                state.token = await self._mint(item, force=True)
-                raise TransferError(
-                    "read refused (401); minted a fresh read token", retryable=True, wait_hint=0
-                ) from exc
-            raise
+            await self._after_read_error(item, state, exc)
         if part.offset < remote.size:
             raise ShortReadError(f"body ended after {part.offset} of {remote.size} bytes")
+
+    # ------------------------------------------------------------------ segmented
+    def _is_segmentable(self, item: PlanItem) -> bool:
+        return self.settings.segments > 1 and item.remote.size >= max(
+            self.settings.segment_threshold, self.settings.segments
+        )
+
+    async def _fetch_segmented(self, item: PlanItem, final: Path, part: PartFile, token: str | None) -> int:
+        """Fetch ``--segments`` byte ranges at once into one preallocated ``.part``.
+
+        Each segment resumes and retries on its own; the sidecar records each one's progress.
+        The hash follows the contiguous finished prefix (reading back from the page cache), so
+        little is left to hash when the last segment lands.
+        """
+        remote = item.remote
+        size = remote.size
+        saved = part.saved_segments()
+        segments = split_segments(size, self.settings.segments, saved)
+        self.reporter.emit(FileStarted(item.key, str(final), size, sum(seg[2] for seg in segments)))
+        state = _FetchState(token=token)
+        changed = asyncio.Event()
+        hasher = new_hasher(remote.hash_algo)
+        for round_number in range(self.settings.retries + 1):
+            await part.open_segmented(segments, fresh=saved is None)
+            hashed = 0
+            tasks = [
+                asyncio.create_task(self._fetch_segment(item, final, part, seg, segments, state, changed))
+                for seg in segments
+                if seg[0] + seg[2] <= seg[1]
+            ]
+            try:
+                while True:
+                    changed.clear()
+                    prefix = contiguous_done(segments)
+                    if hasher is not None and prefix > hashed:
+                        await asyncio.to_thread(part.hash_range, hasher, hashed, prefix)
+                        hashed = prefix
+                    if prefix >= size:
+                        break
+                    failed = [t for t in tasks if t.done() and t.exception() is not None]
+                    if failed:
+                        raise failed[0].exception()  # type: ignore[misc]
+                    waiter = asyncio.ensure_future(changed.wait())
+                    await asyncio.wait([waiter, *[t for t in tasks if not t.done()]],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                with contextlib.suppress(FastioDlError):
+                    part.save_segments(segments)
+                await part.close()  # keep .part and sidecar: the next run resumes the segments
+                raise
+            part.set_result(size, hasher)
+            try:
+                warning = await part.verify()
+            except IntegrityError as exc:
+                # Which range was wrong is unknown: start the whole file again.
+                self.reporter.emit(FileProgress(item.key, -size))
+                self.reporter.emit(FileRetry(item.key, str(final), round_number + 1, str(exc), 0.0))
+                await part.discard()
+                segments, saved = split_segments(size, self.settings.segments, None), None
+                hasher = new_hasher(remote.hash_algo)
+                if round_number == self.settings.retries:
+                    raise
+                continue
+            if warning:
+                self.reporter.emit(Notice("warning", f"{final}: {warning}"))
+            await part.commit()
+            return state.transferred
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch_segment(
+        self,
+        item: PlanItem,
+        final: Path,
+        part: PartFile,
+        seg: list[int],
+        segments: list[list[int]],
+        state: _FetchState,
+        changed: asyncio.Event,
+    ) -> None:
+        remote = item.remote
+
+        def before_sleep(retry_state: RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+            self.reporter.emit(FileRetry(item.key, f"{final} [bytes {seg[0]}-{seg[1]}]",
+                                         retry_state.attempt_number, self.client.redact(str(exc)),
+                                         round(wait, 2)))
+
+        async for attempt in self.retry.retrying(before_sleep):
+            with attempt:
+                start = seg[0] + seg[2]
+                if start > seg[1]:
+                    return
+                try:
+                    async with self.client.open_read(
+                        remote.context, remote.context_id, remote.node_id, token=state.token,
+                        start=start, end=seg[1],
+                    ) as stream:
+                        cr = stream.content_range
+                        if stream.status != 206 or cr is None:
+                            raise RangeUnsupportedError("the server ignores Range")
+                        if cr.start != start:
+                            raise ShortReadError(f"asked for bytes from {start}, got from {cr.start}")
+                        await self._stream_segment(item, part, seg, segments, stream, state, changed)
+                except ApiError as exc:
+                    await self._after_read_error(item, state, exc)
+                if seg[0] + seg[2] <= seg[1]:
+                    raise ShortReadError(f"range ended after {seg[2]} of {seg[1] - seg[0] + 1} bytes")
+
+    async def _stream_segment(
+        self,
+        item: PlanItem,
+        part: PartFile,
+        seg: list[int],
+        segments: list[list[int]],
+        stream: ReadStream,
+        state: _FetchState,
+        changed: asyncio.Event,
+    ) -> None:
+        length = seg[1] - seg[0] + 1
+        batch: list[bytes] = []
+        batched = 0
+        emit = self.reporter.emit
+
+        async def flush() -> None:
+            nonlocal batch, batched
+            if batch:
+                await part.write_at(seg[0] + seg[2], batch)
+                seg[2] += batched
+                batch, batched = [], 0
+                part.save_segments(segments)
+                changed.set()
+
+        try:
+            async for chunk in stream.chunks():
+                if seg[2] + batched + len(chunk) > length:
+                    raise IntegrityError("the server sent more than the range asked for")
+                batch.append(chunk)
+                batched += len(chunk)
+                state.transferred += len(chunk)
+                emit(FileProgress(item.key, len(chunk)))
+                if batched >= WRITE_BLOCK:
+                    await flush()
+        finally:
+            with contextlib.suppress(FastioDlError):
+                await flush()
+
+    async def _after_read_error(self, item: PlanItem, state: _FetchState, exc: ApiError) -> None:
+        if exc.status == 401 and not state.refreshed and self.settings.read_mode != "bearer":
+            # Read tokens expire (about 2 h), and a bearer read may be refused: mint one
+            # fresh read token per file, then give up.
+            state.refreshed = True
+            state.token = await self._mint(item, force=True)
+            raise TransferError(
+                "read refused (401); minted a fresh read token", retryable=True, wait_hint=0
+            ) from exc
+        raise exc
 
     async def _restart(self, item: PlanItem, part: Part) -> None:
         if part.offset:
@@ -485,6 +648,31 @@ async def _drop_leftovers(final: Path) -> None:
     for path in (part_path(final), sidecar_path(final)):
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+class RangeUnsupportedError(TransferError):
+    """A ranged request was answered with the whole body: segments are not possible."""
+
+
+def split_segments(size: int, count: int, saved: list[list[int]] | None) -> list[list[int]]:
+    """``count`` ranges ``[start, end, done]`` covering ``size`` bytes; an earlier run's
+    progress is kept (a single-stream prefix marks the leading ranges done)."""
+    if saved and all(len(seg) == 3 for seg in saved) and len(saved) > 1:
+        return saved
+    step = -(-size // count)
+    segments = [[start, min(size, start + step) - 1, 0] for start in range(0, size, step)]
+    prefix = saved[0][2] if saved else 0
+    for seg in segments:
+        seg[2] = max(0, min(seg[1] - seg[0] + 1, prefix - seg[0]))
+    return segments
+
+
+def contiguous_done(segments: list[list[int]]) -> int:
+    """Bytes from zero that are on disk with no gap."""
+    for start, end, done in segments:
+        if done < end - start + 1:
+            return start + done
+    return segments[-1][1] + 1 if segments else 0
 
 
 @dataclass
