@@ -55,6 +55,7 @@ from fastio_dl.storage import (
 )
 
 WRITE_BLOCK = 4 * 1024 * 1024
+SEGMENT_BLOCK = 1024 * 1024  # a segment records its progress (resume point) this often
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
 Part = MemoryPart | PartFile
 STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
@@ -554,7 +555,7 @@ class Engine:
                 batched += len(chunk)
                 state.transferred += len(chunk)
                 emit(FileProgress(item.key, len(chunk)))
-                if batched >= WRITE_BLOCK:
+                if batched >= SEGMENT_BLOCK:
                     await flush()
         finally:
             with contextlib.suppress(FastioDlError):

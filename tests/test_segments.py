@@ -90,7 +90,7 @@ def test_killed_segmented_download_resumes_each_segment(served: Served, tmp_path
                 done = sum(seg[2] for seg in json.loads(sidecar.read_text())["segments"])
             except (ValueError, KeyError):
                 done = 0
-            if done >= 4 * 1_000_000:
+            if done >= 4 * 1_048_576:  # each segment has recorded its first MiB
                 break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
