@@ -279,9 +279,10 @@ def _tune_malloc() -> None:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
+        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+        libc.mallopt(m_arena_max, 2)  # writer threads need no heaps of their own
         libc.mallopt(m_mmap_threshold, 16 * 1024 * 1024)
-        libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
+        libc.mallopt(m_trim_threshold, 32 * 1024 * 1024)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 

@@ -44,7 +44,7 @@ from fastio_dl.errors import (
 BULK_DETAILS_MAX = 25
 LIST_PAGE_SIZE = 500
 DEFAULT_RATE_LIMIT_WAIT = 60.0
-READ_BUFFER = 4 * 1024 * 1024
+READ_BUFFER = 1024 * 1024
 T = TypeVar("T")
 
 
