@@ -1,99 +1,108 @@
 """The Typer CLI: parse arguments, build settings, call ``asyncio.run`` once, map the exit code.
 
-The only module that imports typer and calls ``asyncio.run``.
+The only module that imports typer and calls ``asyncio.run``. Every option also reads
+``FASTIO_DL_<OPTION>`` from the environment and a key of the config file; precedence is
+flag > environment > config file > default (Click's own order for envvar and default_map).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from fastio_dl import __version__
 from fastio_dl.client import FastioClient
-from fastio_dl.config import Settings, load_settings
+from fastio_dl.config import (
+    EMPTY_CONFIG,
+    FILE_ONLY_KEYS,
+    ConfigFile,
+    Settings,
+    default_config_path,
+    load_config_file,
+    load_settings,
+    option_env,
+)
 from fastio_dl.errors import AuthError, ExitCode, FastioDlError, UsageError, redact
-from fastio_dl.events import Fanout, Notice, Recorder, Reporter
-from fastio_dl.manifest import ManifestError, parse_manifest
+from fastio_dl.events import Fanout, Recorder, Reporter
+from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
 from fastio_dl.planner import Target
 from fastio_dl.refs import parse_ref
 from fastio_dl.reporting import PROGRESS_MODES, make_reporter
 from fastio_dl.transfer import Engine, LocalPolicy, Outcome
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="fastio-dl",
     help="Fast, verified, resumable bulk downloads from Fast.io workspaces and shares.",
     pretty_exceptions_enable=False,  # locals may hold tokens
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+def _opt(*decls: str, help: str, **kwargs: Any) -> Any:
+    """An option that also reads FASTIO_DL_<LONG NAME> from the environment."""
+    long_name = next(d for d in decls if d.startswith("--"))
+    return typer.Option(*decls, help=help, envvar=option_env(long_name), show_envvar=True, **kwargs)
+
 
 # ----------------------------------------------------------------------------- shared options
 
-DestOpt = Annotated[Path, typer.Option("-d", "--dest", help="Destination directory.")]
-WorkspaceOpt = Annotated[
-    str | None, typer.Option("-w", "--workspace", help="Default workspace for bare node ids.")
-]
-ShareOpt = Annotated[str | None, typer.Option("-s", "--share", help="Default share for bare node ids.")]
-ConcurrencyOpt = Annotated[
-    int, typer.Option("-j", "--concurrency", min=1, max=256, help="Files transferred at once.")
-]
-RetriesOpt = Annotated[int, typer.Option("--retries", min=0, max=100, help="Retries per file and API call.")]
+DestOpt = Annotated[Path, _opt("-d", "--dest", help="Destination directory.")]
+WorkspaceOpt = Annotated[str | None, _opt("-w", "--workspace", help="Default workspace for bare node ids.")]
+ShareOpt = Annotated[str | None, _opt("-s", "--share", help="Default share for bare node ids.")]
+ConcurrencyOpt = Annotated[int, _opt("-j", "--concurrency", min=1, max=256, help="Files transferred at once.")]
+RetriesOpt = Annotated[int, _opt("--retries", min=0, max=100, help="Retries per file and API call.")]
 StallOpt = Annotated[
-    float, typer.Option("--stall-timeout", min=0.1, help="Seconds without a byte before a read is retried.")
+    float, _opt("--stall-timeout", min=0.1, help="Seconds without a byte before a read is retried.")
 ]
-BackoffOpt = Annotated[
-    float, typer.Option("--backoff", min=0.0, help="First retry wait in seconds (doubles, with jitter).")
-]
-MaxWaitOpt = Annotated[
-    float, typer.Option("--max-retry-wait", min=0.0, help="Cap on any single retry wait, in seconds.")
-]
+BackoffOpt = Annotated[float, _opt("--backoff", min=0.0, help="First retry wait in seconds (doubles, with jitter).")]
+MaxWaitOpt = Annotated[float, _opt("--max-retry-wait", min=0.0, help="Cap on any single retry wait, in seconds.")]
 ProgressOpt = Annotated[
-    str,
-    typer.Option(
-        "--progress",
-        help="auto (live panel on a terminal, plain lines otherwise), rich, plain, json or none.",
-    ),
+    str, _opt("--progress", help="auto (live panel on a terminal, plain lines otherwise), rich, plain, json or none.")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON object per file, then a summary, to stdout.")]
-QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors and the final summary.")]
-NoClobberOpt = Annotated[
-    bool, typer.Option("--no-clobber", help="Keep an existing local file that differs from the remote.")
-]
+JsonOpt = Annotated[bool, _opt("--json", help="Write one JSON object per file, then a summary, to stdout.")]
+QuietOpt = Annotated[bool, _opt("-q", "--quiet", help="Print only errors and the final summary.")]
+NoClobberOpt = Annotated[bool, _opt("--no-clobber", help="Keep an existing local file that differs from the remote.")]
 TokenOpt = Annotated[
-    str | None, typer.Option("--token", help="API token (else FASTIO_TOKEN, FASTIO_API_KEY).", show_default=False)
+    str | None,
+    typer.Option("--token", help="API token (else FASTIO_DL_TOKEN, FASTIO_TOKEN, FASTIO_API_KEY, config).",
+                 show_default=False),
 ]
 ApiBaseOpt = Annotated[
-    str | None, typer.Option("--api-base", help="API base URL (else FASTIO_API_BASE).", show_default=False)
+    str | None,
+    typer.Option("--api-base", help="API base URL (else FASTIO_DL_API_BASE, FASTIO_API_BASE, config).",
+                 show_default=False),
 ]
-CaBundleOpt = Annotated[
-    Path | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust (else SSL_CERT_FILE).")
-]
+CaBundleOpt = Annotated[Path | None, _opt("--ca-bundle", help="PEM file of CAs to trust (else SSL_CERT_FILE).")]
 ReadModeOpt = Annotated[
     str,
-    typer.Option(
-        "--read-mode",
-        help="auto: read with the API token, minting a read token only if refused; token: mint a "
-        "read token per file; bearer: the API token only.",
-    ),
+    _opt("--read-mode", help="auto: read with the API token, minting a read token only if refused; "
+                             "token: a read token per file; bearer: the API token only."),
 ]
-SegmentsOpt = Annotated[
-    int, typer.Option("--segments", min=1, max=32, help="Ranged connections per large file (1: one stream).")
+SegmentsOpt = Annotated[int, _opt("--segments", min=1, max=32, help="Ranged connections per large file (1: one stream).")]
+SegmentThresholdOpt = Annotated[str, _opt("--segment-threshold", help="Files at least this large use --segments (e.g. 64M).")]
+ShardOpt = Annotated[
+    str | None, _opt("--shard", help="K/N: take only this host's share of the files (0 <= K < N), split by node id.")
 ]
-SegmentThresholdOpt = Annotated[
-    str, typer.Option("--segment-threshold", help="Files at least this large use --segments (e.g. 64M).")
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug notices.")]
+LimitRateOpt = Annotated[str | None, _opt("--limit-rate", help="Total bytes per second over all transfers, e.g. 20M.")]
+LogFileOpt = Annotated[Path | None, _opt("--log-file", help="Append timestamped log lines to this file.")]
+DebugOpt = Annotated[bool, _opt("--debug", help="Show tracebacks and debug notices.")]
 
 
 def _version(value: bool) -> None:
@@ -102,13 +111,67 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def command_options() -> dict[str, set[str]]:
+    """Long option names of every command, for config-file validation and ``config show``."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    out: dict[str, set[str]] = {}
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        names = set()
+        for param in command.params:
+            names.update(opt[2:] for opt in getattr(param, "opts", []) if opt.startswith("--"))
+        names.discard("help")
+        out[name] = names
+    return out
+
+
+_CONFIG: dict[str, ConfigFile] = {"file": EMPTY_CONFIG}
+
+
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", envvar="FASTIO_DL_CONFIG", show_envvar=True,
+                     help="TOML config file (default: fastio-dl/config.toml in the user config dir)."),
+    ] = None,
 ) -> None:
     """Fast, verified, resumable bulk downloads from Fast.io workspaces and shares."""
+    try:
+        path = config or default_config_path()[0]
+        loaded = load_config_file(path, required=config is not None, commands=command_options())
+    except UsageError as exc:
+        _fail(exc.message, exc.hint, int(exc.exit_code))
+    _CONFIG["file"] = loaded
+    # Click ranks default_map below flags and environment variables: exactly what we want.
+    ctx.default_map = {
+        command: {
+            param.replace("-", "_"): loaded.value(command, param)
+            for param in names
+            if loaded.has(command, param) and param not in FILE_ONLY_KEYS
+        }
+        for command, names in command_options().items()
+    }
+    ctx.default_map = _param_names(ctx.default_map)
+
+
+def _param_names(default_map: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Option names to Python parameter names (``--json`` is ``json_out``)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    out: dict[str, dict[str, Any]] = {}
+    for command, values in default_map.items():
+        cmd = group.commands.get(command)  # type: ignore[attr-defined]
+        by_opt = {opt[2:].replace("-", "_"): p.name for p in cmd.params for opt in getattr(p, "opts", [])
+                  if opt.startswith("--")} if cmd else {}
+        out[command] = {by_opt.get(key, key): value for key, value in values.items()}
+    return out
 
 
 # ----------------------------------------------------------------------------- error handling
@@ -153,6 +216,9 @@ def _print_traceback() -> None:
     typer.echo(redact(traceback.format_exc()), err=True)
 
 
+# ----------------------------------------------------------------------------- argument checks
+
+
 def read_ref_lines(values: Iterable[str]) -> list[str]:
     """Expand ``-`` into the references read from stdin (one per line, # comments allowed)."""
     out: list[str] = []
@@ -167,10 +233,11 @@ def read_ref_lines(values: Iterable[str]) -> list[str]:
     return out
 
 
-def check_progress(mode: str) -> str:
-    if mode not in PROGRESS_MODES:
-        raise UsageError(f"--progress must be one of {', '.join(PROGRESS_MODES)}, not {mode!r}")
-    return mode
+def check_choice(option: str, value: str, choices: Iterable[str]) -> str:
+    options = tuple(choices)
+    if value not in options:
+        raise UsageError(f"{option} must be one of {', '.join(options)}, not {value!r}")
+    return value
 
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -189,13 +256,76 @@ def parse_size(text: str, option: str) -> int:
     return int(number * _UNITS[unit])
 
 
-def check_read_mode(mode: str) -> str:
-    if mode not in ("auto", "token", "bearer"):
-        raise UsageError(f"--read-mode must be auto, token or bearer, not {mode!r}")
-    return mode
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard takes K/N, like 0/4, not {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard {text}: need 0 <= K < N")
+    return index, count
 
 
 # ----------------------------------------------------------------------------- running the engine
+
+
+def transfer_settings(values: dict[str, Any]) -> Settings:
+    """Settings from a command's parameters (their names match across get and sync)."""
+    flags = {
+        "token": values.get("token"),
+        "api_base": values.get("api_base"),
+        "ca_bundle": values.get("ca_bundle"),
+        "dest": values["dest"],
+        "workspace": values.get("workspace"),
+        "share": values.get("share"),
+        "concurrency": values["concurrency"],
+        "retries": values["retries"],
+        "stall_timeout": values["stall_timeout"],
+        "backoff_initial": values["backoff"],
+        "max_retry_wait": values["max_retry_wait"],
+        "no_clobber": values.get("no_clobber", False),
+        "debug": values["debug"],
+        "read_mode": check_choice("--read-mode", values["read_mode"], ("auto", "token", "bearer")),
+        "segments": values["segments"],
+        "segment_threshold": parse_size(values["segment_threshold"], "--segment-threshold"),
+        "shard": parse_shard(values.get("shard")),
+        "limit_rate": parse_size(values["limit_rate"], "--limit-rate") if values.get("limit_rate") else 0,
+        "log_file": values.get("log_file"),
+    }
+    check_choice("--progress", values["progress"], PROGRESS_MODES)
+    file = _CONFIG["file"]
+    file_values = {key: file.value("", key) for key in FILE_ONLY_KEYS if file.has("", key)}
+    return load_settings(flags, file_values=file_values)
+
+
+def make_run_reporter(values: dict[str, Any], settings: Settings) -> Reporter:
+    secrets = frozenset({settings.token} if settings.token else set())
+    reporter = make_reporter(
+        values["progress"], stderr=sys.stderr, stdout=sys.stdout, json_results=values["json_out"],
+        quiet=values["quiet"], debug=settings.debug, secrets=secrets,
+    )
+    if settings.log_file is not None:
+        from fastio_dl.reporting.plain import LogFileReporter
+
+        try:
+            log = LogFileReporter(settings.log_file, secrets=secrets)
+        except OSError as exc:
+            raise UsageError(f"cannot open --log-file {settings.log_file}: {exc.strerror}") from None
+        reporter = Fanout(reporter, log)
+    return reporter
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """The one place that starts an event loop (uvloop when installed)."""
+    _tune_malloc()
+    # Everything imported so far lives for the whole run: keep it out of the collector's scans
+    # (full collections over typer/pydantic/aiohttp objects showed up in B2 profiles).
+    gc.freeze()
+    loop_factory = _loop_factory()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(factory())  # type: ignore[arg-type]
 
 
 def run_engine(
@@ -205,14 +335,10 @@ def run_engine(
     *,
     policy: LocalPolicy | None = None,
     dry_run: bool = False,
-    setup: Callable[[], Any] | None = None,
 ) -> Outcome:
-    """Run the engine once under ``asyncio.run`` with SIGINT/SIGTERM wired to a clean stop."""
+    """Run the engine once with SIGINT/SIGTERM wired to a clean stop."""
     if settings.token is None:
-        raise AuthError(
-            "no API token",
-            "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY",
-        )
+        raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
     received: list[int] = []
 
     async def go() -> Outcome:
@@ -240,23 +366,18 @@ def run_engine(
                 for signum in installed:
                     loop.remove_signal_handler(signum)
 
-    _tune_malloc()
-    # Everything imported so far lives for the whole run: keep it out of the collector's scans
-    # (full collections over typer/pydantic/aiohttp objects showed up in B2 profiles).
-    gc.freeze()
     try:
-        outcome = asyncio.run(go(), loop_factory=_loop_factory()) if sys.version_info >= (3, 12) \
-            else _run_311(go())
+        outcome = run_async(go)
     finally:
         reporter.close()
     if received:
         outcome.interrupted = True
-        outcome.signal = received[0]  # type: ignore[attr-defined]
+        outcome.signal = received[0]
     return outcome
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (``pip install 'fastio-dl[speed]'``): measurably less CPU per file."""
+    """uvloop where installed: about half the CPU per small file (tests.benchmarks B1)."""
     if os.environ.get("FASTIO_DL_NO_UVLOOP"):
         return None
     try:
@@ -271,7 +392,7 @@ def _tune_malloc() -> None:
 
     Bodies arrive as ~256 KiB bytes objects; glibc would mmap/munmap or trim the heap for each
     batch, and re-faulting fresh pages cost up to 40% of wall time on 1 GiB downloads (measured
-    with tests.benchmarks B2). Bounded: at most 64 MiB of free heap is kept.
+    with tests.benchmarks B2). Bounded: at most 32 MiB of free heap is kept.
     """
     if sys.platform != "linux":
         return
@@ -287,40 +408,19 @@ def _tune_malloc() -> None:
         pass  # not glibc: nothing to tune
 
 
-def _run_311(main: Any) -> Any:
-    factory = _loop_factory()
-    if factory is None:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
-
-
 def exit_code_of(outcome: Outcome) -> int:
     if outcome.interrupted:
-        return 128 + getattr(outcome, "signal", signal.SIGINT)
+        return 128 + (outcome.signal or signal.SIGINT)
     if outcome.fatal is not None:
         raise outcome.fatal
     return int(ExitCode.FAILED if outcome.failed else ExitCode.OK)
 
 
-def build_settings(**flags: Any) -> Settings:
-    return load_settings(flags)
+def _say(quiet: bool) -> Callable[[str], None]:
+    return (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
 
 
-def make_run_reporter(progress: str, json_out: bool, quiet: bool, debug: bool, settings: Settings) -> Reporter:
-    secrets = frozenset({settings.token} if settings.token else set())
-    return make_reporter(
-        check_progress(progress),
-        stderr=sys.stderr,
-        stdout=sys.stdout,
-        json_results=json_out,
-        quiet=quiet,
-        debug=debug,
-        secrets=secrets,
-    )
-
-
-# ----------------------------------------------------------------------------- commands
+# ----------------------------------------------------------------------------- get
 
 
 @app.command()
@@ -348,57 +448,27 @@ def get(
     read_mode: ReadModeOpt = "auto",
     segments: SegmentsOpt = 4,
     segment_threshold: SegmentThresholdOpt = "64M",
+    shard: ShardOpt = None,
+    limit_rate: LimitRateOpt = None,
+    log_file: LogFileOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Download files and whole folders (recursively) into DEST."""
+    values = dict(locals())
 
     def body() -> int:
-        check_progress(progress)
+        settings = transfer_settings(values)
         texts = read_ref_lines(refs)
         if not texts:
             raise UsageError("no references given", "pass node ids, ws:/share: references or URLs")
         parsed = [parse_ref(t, workspace=workspace, share=share) for t in texts]
-        settings = build_settings(
-            token=token, api_base=api_base, ca_bundle=ca_bundle, dest=dest, workspace=workspace,
-            share=share, concurrency=concurrency, retries=retries, stall_timeout=stall_timeout,
-            backoff_initial=backoff, max_retry_wait=max_retry_wait, no_clobber=no_clobber, debug=debug,
-            read_mode=check_read_mode(read_mode), segments=segments,
-            segment_threshold=parse_size(segment_threshold, "--segment-threshold"),
-        )
-        reporter = make_run_reporter(progress, json_out, quiet, debug, settings)
-        outcome = run_engine(settings, [Target(r) for r in parsed], reporter)
-        return exit_code_of(outcome)
+        reporter = make_run_reporter(values, settings)
+        return exit_code_of(run_engine(settings, [Target(r) for r in parsed], reporter))
 
     guarded(debug, body)
 
 
-@app.command()
-def demo(
-    dest: Annotated[
-        Path | None, typer.Option("-d", "--dest", help="Where to download (default: a temporary directory).")
-    ] = None,
-    files: Annotated[int, typer.Option("--files", min=1, help="Files in the sample workspace.")] = 150,
-    concurrency: ConcurrencyOpt = 8,
-    progress: ProgressOpt = "auto",
-    debug: DebugOpt = False,
-) -> None:
-    """Start the bundled emulator with sample data and download it all, live panel and all."""
-    from fastio_dl.demo import run_demo
-
-    def body() -> int:
-        check_progress(progress)
-        with tempfile.TemporaryDirectory(prefix="fastio-dl-demo-") as tmp:
-            target = dest or Path(tmp)
-            return run_demo(
-                target,
-                files=files,
-                concurrency=concurrency,
-                make_reporter_for=lambda s: make_run_reporter(progress, False, False, debug, s),
-                run=run_engine,
-                keep=dest is not None,
-            )
-
-    guarded(debug, body)
+# ----------------------------------------------------------------------------- sync
 
 
 @app.command()
@@ -417,44 +487,34 @@ def sync(
     progress: ProgressOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    delete: Annotated[
-        bool, typer.Option("--delete", help="Remove tracked files that left the manifest or the remote.")
-    ] = False,
-    max_delete: Annotated[
-        int | None, typer.Option("--max-delete", min=0, help="Abort before deleting more than N files.")
-    ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; change nothing.")] = False,
-    wait_lock: Annotated[
-        float, typer.Option("--wait-lock", min=0.0, help="Seconds to wait for another sync's lock.")
-    ] = 0.0,
+    delete: Annotated[bool, _opt("--delete", help="Remove tracked files that left the manifest or the remote.")] = False,
+    max_delete: Annotated[int | None, _opt("--max-delete", min=0, help="Abort before deleting more than N files.")] = None,
+    dry_run: Annotated[bool, _opt("--dry-run", help="Say what would change; change nothing.")] = False,
+    wait_lock: Annotated[float, _opt("--wait-lock", min=0.0, help="Seconds to wait for another sync's lock.")] = 0.0,
     failed_manifest: Annotated[
-        Path | None, typer.Option("--failed-manifest", help="Write the lines whose files failed here.")
+        Path | None, _opt("--failed-manifest", help="Write the lines whose files failed here.")
     ] = None,
-    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Accept a manifest with no lines.")] = False,
+    allow_empty: Annotated[bool, _opt("--allow-empty", help="Accept a manifest with no lines.")] = False,
     token: TokenOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
     read_mode: ReadModeOpt = "auto",
     segments: SegmentsOpt = 4,
     segment_threshold: SegmentThresholdOpt = "64M",
+    shard: ShardOpt = None,
+    limit_rate: LimitRateOpt = None,
+    log_file: LogFileOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Bring DEST up to date with a manifest: only new or changed files move."""
+    values = dict(locals())
     from fastio_dl.state import State
-    from fastio_dl.storage import human_bytes
-    from fastio_dl.sync import SyncPolicy, delete_stale, destination_lock, stale_paths, state_path
+    from fastio_dl.sync import SyncPolicy, destination_lock, finish_sync, state_path, write_failed_manifest
 
     def body() -> int:
-        check_progress(progress)
-        text, name = _read_manifest(manifest)
+        settings = transfer_settings(values)
+        text, name = read_manifest(manifest)
         parsed = parse_manifest(text, name, workspace=workspace, share=share, allow_empty=allow_empty)
-        settings = build_settings(
-            token=token, api_base=api_base, ca_bundle=ca_bundle, dest=dest, workspace=workspace,
-            share=share, concurrency=concurrency, retries=retries, stall_timeout=stall_timeout,
-            backoff_initial=backoff, max_retry_wait=max_retry_wait, debug=debug,
-            read_mode=check_read_mode(read_mode), segments=segments,
-            segment_threshold=parse_size(segment_threshold, "--segment-threshold"),
-        )
         if settings.token is None:
             raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
         dest.mkdir(parents=True, exist_ok=True)
@@ -462,83 +522,226 @@ def sync(
             state = State(state_path(dest))
             try:
                 recorder = Recorder()
-                reporter = Fanout(make_run_reporter(progress, json_out, quiet, debug, settings), recorder)
+                reporter = Fanout(make_run_reporter(values, settings), recorder)
                 policy = SyncPolicy(state, dry_run=dry_run)
                 outcome = run_engine(settings, parsed.targets, reporter, policy=policy, dry_run=dry_run)
                 if failed_manifest is not None:
-                    _write_failed_manifest(failed_manifest, parsed.lines, outcome.failed_targets)
-                if outcome.interrupted or outcome.fatal is not None:
-                    return exit_code_of(outcome)
+                    write_failed_manifest(failed_manifest, parsed.lines, outcome.failed_targets)
                 code = exit_code_of(outcome)
-                stale = stale_paths(state, outcome.planned_paths)
-                say = (lambda line: typer.echo(line, err=True)) if not quiet else (lambda line: None)
-                if stale and outcome.plan_failures:
-                    say(f"not deleting or reporting {len(stale)} tracked file(s): part of the plan "
-                        "failed, so the remote listing is incomplete")
-                    stale = []
-                if dry_run:
-                    _dry_run_report(recorder, stale, delete, say, human_bytes)
+                if outcome.interrupted:
                     return code
-                if stale and not delete:
-                    for relpath in stale:
-                        say(f"gone from manifest or remote: {relpath} (kept; --delete removes it)")
-                elif stale:
-                    if max_delete is not None and len(stale) > max_delete:
-                        typer.echo(
-                            f"fastio-dl: error: {len(stale)} files would be deleted, over --max-delete "
-                            f"{max_delete}; nothing deleted. Check the manifest, or raise --max-delete",
-                            err=True,
-                        )
-                        return int(ExitCode.FAILED)
-                    result = delete_stale(dest, state, stale)
-                    for relpath in result.deleted:
-                        say(f"deleted: {dest / relpath}")
-                    for relpath in result.kept_modified:
-                        say(f"kept {dest / relpath}: modified since fastio-dl wrote it; no longer tracked")
-                return code
+                report = finish_sync(
+                    dest, state, outcome.planned_paths, outcome.plan_failures, recorder.finished(),
+                    delete=delete, max_delete=max_delete, dry_run=dry_run, shard=settings.shard,
+                )
+                say = _say(quiet)
+                for line in report.lines:
+                    (typer.echo(f"fastio-dl: {line}", err=True) if line.startswith("error") else say(line))
+                return max(code, report.code)
             finally:
                 state.close()
 
     guarded(debug, body)
 
 
-def _read_manifest(manifest: str) -> tuple[str, str]:
-    if manifest == "-":
-        return sys.stdin.read(), "<stdin>"
-    path = Path(manifest)
-    try:
-        return path.read_text(encoding="utf-8"), manifest
-    except FileNotFoundError:
-        raise UsageError(f"manifest {manifest} does not exist", "give a manifest path or - for stdin") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"manifest {manifest} is not UTF-8 text") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read manifest {manifest}: {exc.strerror}") from None
+# ----------------------------------------------------------------------------- ls
 
 
-def _write_failed_manifest(path: Path, lines: dict[int, str], failed: list[Target]) -> None:
-    numbers = sorted({t.line for t in failed if t.line is not None})
-    text = "".join(f"{lines[n]}\n" for n in numbers)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _dry_run_report(
-    recorder: Recorder, stale: list[str], delete: bool, say: Callable[[str], None],
-    human_bytes: Callable[[float], str],
+@app.command("ls")
+def list_command(
+    ref: Annotated[str, typer.Argument(help="A folder (or file) reference.", show_default=False)],
+    recursive: Annotated[bool, _opt("-r", "--recursive", help="List the whole subtree.")] = False,
+    json_out: JsonOpt = False,
+    manifest_out: Annotated[
+        bool, _opt("--manifest", help="Print a manifest (REF DEST lines) that sync accepts.")
+    ] = False,
+    workspace: WorkspaceOpt = None,
+    share: ShareOpt = None,
+    token: TokenOpt = None,
+    api_base: ApiBaseOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    debug: DebugOpt = False,
 ) -> None:
-    counts = {"would download": [0, 0], "would replace": [0, 0], "would adopt": [0, 0]}
-    for event in recorder.finished():
-        for label, bucket in counts.items():
-            if event.reason and label in event.reason:
-                bucket[0] += 1
-                bucket[1] += event.bytes
-    parts = [f"{label.split()[1]} {n} ({human_bytes(b)})" for label, (n, b) in counts.items()]
-    verb = "delete" if delete else "report as gone"
-    say(f"dry run: would {', '.join(parts)}; {verb} {len(stale)}")
-    for relpath in stale:
-        say(f"dry run: would {verb}: {relpath}")
+    """List a folder: a table, JSON lines (--json) or a manifest (--manifest)."""
+    from fastio_dl.listing import Entry, list_entries
+    from fastio_dl.storage import human_bytes
+
+    def body() -> int:
+        parsed = parse_ref(ref, workspace=workspace, share=share)
+        settings = _api_settings(token, api_base, ca_bundle, debug)
+
+        async def collect() -> list[Entry]:
+            async with FastioClient.open(settings, max_connections=4) as client:
+                return [entry async for entry in list_entries(client, parsed, recursive=recursive)]
+
+        entries = run_async(collect)
+        for entry in entries:
+            if manifest_out:
+                if entry.kind == "file" or (entry.kind == "folder" and not recursive):
+                    typer.echo(entry.manifest_line())
+            elif json_out:
+                typer.echo(json.dumps(entry.record(), ensure_ascii=False))
+        if not (manifest_out or json_out):
+            rows = [(e.kind, human_bytes(int(e.node.get("size") or 0)) if e.kind == "file" else "-",
+                     str(e.node.get("modified") or ""), e.node_id, e.path.as_posix()) for e in entries]
+            widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(_LS_HEADER)]
+            for row in [_LS_HEADER, *rows]:
+                typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        return 0
+
+    guarded(debug, body)
+
+
+_LS_HEADER = ("TYPE", "SIZE", "MODIFIED", "ID", "PATH")
+
+
+def _api_settings(token: str | None, api_base: str | None, ca_bundle: Path | None, debug: bool) -> Settings:
+    file = _CONFIG["file"]
+    file_values = {key: file.value("", key) for key in FILE_ONLY_KEYS if file.has("", key)}
+    settings = load_settings({"token": token, "api_base": api_base, "ca_bundle": ca_bundle, "debug": debug},
+                             file_values=file_values)
+    if settings.token is None:
+        raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
+    return settings
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+@app.command()
+def verify(
+    dest: Annotated[Path, typer.Argument(help="The local tree to check.", show_default=False)],
+    manifest: Annotated[
+        str | None,
+        typer.Argument(help="Check against the remote via this manifest (default: the sync state).",
+                       show_default=False),
+    ] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    workspace: WorkspaceOpt = None,
+    share: ShareOpt = None,
+    token: TokenOpt = None,
+    api_base: ApiBaseOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Re-hash local files against the remote hashes (or the sync state); report drift."""
+    from fastio_dl.state import State
+    from fastio_dl.sync import state_path
+    from fastio_dl.verify import compare, expected_from_state, expected_from_targets
+
+    def body() -> int:
+        if not dest.is_dir():
+            raise UsageError(f"{dest} is not a directory")
+        unresolved: list[str] = []
+        if manifest is not None:
+            text, name = read_manifest(manifest)
+            parsed = parse_manifest(text, name, workspace=workspace, share=share)
+            settings = _api_settings(token, api_base, ca_bundle, debug)
+
+            async def resolve() -> tuple[dict[str, Any], list[str]]:
+                async with FastioClient.open(settings, max_connections=8) as client:
+                    return await expected_from_targets(client, parsed.targets)
+
+            expected, unresolved = run_async(resolve)
+        else:
+            if not state_path(dest).is_file():
+                raise UsageError(f"{dest} has no sync state", "give a MANIFEST to check against the remote")
+            state = State(state_path(dest))
+            try:
+                expected = expected_from_state(state)
+            finally:
+                state.close()
+        report = compare(dest, expected)
+        report.unresolved = unresolved
+        rows = ([("missing", p, None) for p in report.missing] + [("changed", p, d) for p, d in report.changed]
+                + [("extra", p, None) for p in report.extra] + [("unresolved", u, None) for u in unresolved])
+        for status, path, detail in rows:
+            if json_out:
+                typer.echo(json.dumps({"event": "file", "status": status, "path": path, "detail": detail}))
+            else:
+                typer.echo(f"{status}: {path}" + (f" ({detail})" if detail else ""), err=True)
+        summary = {"event": "summary", "ok": len(report.ok), "missing": len(report.missing),
+                   "changed": len(report.changed), "extra": len(report.extra),
+                   "unverified_hash": len(report.unverifiable), "unresolved": len(unresolved)}
+        if json_out:
+            typer.echo(json.dumps(summary))
+        elif not quiet or not report.clean:
+            typer.echo(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items() if k != "event"),
+                       err=True)
+        return 0 if report.clean else int(ExitCode.FAILED)
+
+    guarded(debug, body)
+
+
+# ----------------------------------------------------------------------------- config show
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print each effective option value and where it came from (flag > env > file > default)."""
+    import typer.main
+
+    from fastio_dl.config import resolve_token
+
+    file = _CONFIG["file"]
+    group = typer.main.get_command(app)
+    typer.echo(f"config file: {file.path or default_config_path()[0]}"
+               + ("" if file.path else " (not present)"))
+    seen: set[str] = set()
+    for command_name in ("get", "sync", "ls", "verify"):
+        command = group.commands[command_name]  # type: ignore[attr-defined]
+        for param in command.params:
+            longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+            if not longs or longs[0] in seen or longs[0] in ("--help", "--token", "--api-base"):
+                continue
+            seen.add(longs[0])
+            env = option_env(longs[0])
+            key = longs[0][2:]
+            if os.environ.get(env):
+                value, source = os.environ[env], f"env {env}"
+            elif file.has(command_name, key):
+                value, source = file.value(command_name, key), f"file {file.path}"
+            else:
+                value, source = param.default, "default"
+            typer.echo(f"{key} = {json.dumps(value, default=str)}  ({source})")
+    token, source = resolve_token(None, dict(os.environ), file.value("", "token"))
+    masked = "unset" if token is None else ("****" + token[-4:] if len(token) > 8 else "****")
+    typer.echo(f"token = {masked}  ({source})")
+    settings = load_settings({}, file_values={k: file.value("", k) for k in FILE_ONLY_KEYS if file.has("", k)})
+    typer.echo(f"api-base = {settings.api_base!r}  ({settings.sources['api_base']})")
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    dest: Annotated[
+        Path | None, typer.Option("-d", "--dest", help="Where to download (default: a temporary directory).")
+    ] = None,
+    files: Annotated[int, typer.Option("--files", min=1, help="Files in the sample workspace.")] = 150,
+    concurrency: ConcurrencyOpt = 8,
+    progress: ProgressOpt = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    """Start the bundled emulator with sample data and download it all, live panel and all."""
+    from fastio_dl.demo import run_demo
+
+    def body() -> int:
+        check_choice("--progress", progress, PROGRESS_MODES)
+        values = {"progress": progress, "json_out": False, "quiet": False}
+        with tempfile.TemporaryDirectory(prefix="fastio-dl-demo-") as tmp:
+            return run_demo(
+                dest or Path(tmp),
+                files=files,
+                concurrency=concurrency,
+                make_reporter_for=lambda s: make_run_reporter(values, s),
+                run=run_engine,
+                keep=dest is not None,
+            )
+
+    guarded(debug, body)
 
 
 def entrypoint() -> None:

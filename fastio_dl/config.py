@@ -22,8 +22,8 @@ DEFAULT_MAX_RETRY_WAIT = 300.0
 # download slots keeps them fresh while hiding the round trip.
 TOKEN_LOOKAHEAD_FACTOR = 2
 
-TOKEN_ENV_VARS = ("FASTIO_TOKEN", "FASTIO_API_KEY")
-API_BASE_ENV = "FASTIO_API_BASE"
+TOKEN_ENV_VARS = ("FASTIO_DL_TOKEN", "FASTIO_TOKEN", "FASTIO_API_KEY")
+API_BASE_ENVS = ("FASTIO_DL_API_BASE", "FASTIO_API_BASE")
 OFFICIAL_CLI_CREDENTIALS = Path("fastio-cli") / "credentials.json"
 
 
@@ -53,6 +53,9 @@ class Settings:
     # auto: read with the API token, minting a read token only if that is refused (401);
     # token: mint a read token per file; bearer: the API token only
     read_mode: str = "auto"
+    shard: tuple[int, int] | None = None  # (K, N): this host takes the files with hash % N == K
+    limit_rate: int = 0  # total bytes per second over all transfers (0: no limit)
+    log_file: Path | None = None
     segments: int = 4  # ranged requests per large file (1: one stream)
     segment_threshold: int = 64 * 1024 * 1024
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -73,32 +76,49 @@ def _official_cli_token(env: dict[str, str]) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def resolve_token(flag: str | None, env: dict[str, str]) -> tuple[Secret | None, str]:
-    """Token precedence of the official CLI: flag, FASTIO_TOKEN, FASTIO_API_KEY, stored file."""
+def resolve_token(
+    flag: str | None, env: dict[str, str], from_file: str | None = None
+) -> tuple[Secret | None, str]:
+    """Token precedence of the official CLI: flag (or FASTIO_DL_TOKEN), FASTIO_TOKEN,
+    FASTIO_API_KEY; then our config file; then the official CLI's stored credentials."""
     if flag and flag.strip():
         return Secret(flag.strip()), "--token"
     for name in TOKEN_ENV_VARS:
         value = env.get(name, "").strip()
         if value:
             return Secret(value), f"env {name}"
+    if from_file and str(from_file).strip():
+        return Secret(str(from_file).strip()), "config file"
     stored = _official_cli_token(env)
     if stored:
         return Secret(stored.strip()), "fastio-cli credentials (default profile)"
     return None, "unset"
 
 
-def load_settings(flags: dict[str, Any], env: dict[str, str] | None = None) -> Settings:
-    """Build settings from flags (None means 'not given') over the environment and defaults."""
+def load_settings(
+    flags: dict[str, Any],
+    env: dict[str, str] | None = None,
+    file_values: dict[str, Any] | None = None,
+) -> Settings:
+    """Build settings from flags (None means 'not given') over the environment and defaults.
+
+    ``file_values`` holds the config file's ``token``/``api-base``: they rank below the
+    environment variables the official CLI uses.
+    """
     environ = dict(os.environ) if env is None else env
+    from_file = file_values or {}
     sources: dict[str, str] = {}
     values: dict[str, Any] = {}
-    token, sources["token"] = resolve_token(flags.pop("token", None), environ)
+    token, sources["token"] = resolve_token(flags.pop("token", None), environ, from_file.get("token"))
     values["token"] = token
     api_base = flags.pop("api_base", None)
     if api_base:
         sources["api_base"] = "--api-base"
-    elif environ.get(API_BASE_ENV, "").strip():
-        api_base, sources["api_base"] = environ[API_BASE_ENV].strip(), f"env {API_BASE_ENV}"
+    elif any(environ.get(name, "").strip() for name in API_BASE_ENVS):
+        name = next(n for n in API_BASE_ENVS if environ.get(n, "").strip())
+        api_base, sources["api_base"] = environ[name].strip(), f"env {name}"
+    elif from_file.get("api-base"):
+        api_base, sources["api_base"] = str(from_file["api-base"]), "config file"
     else:
         api_base, sources["api_base"] = DEFAULT_API_BASE, "default"
     values["api_base"] = api_base.rstrip("/")
@@ -111,3 +131,85 @@ def load_settings(flags: dict[str, Any], env: dict[str, str] | None = None) -> S
             values[name] = value
             sources[name] = "flag"
     return Settings(**values, sources=sources)
+
+
+# ----------------------------------------------------------------------------- config file
+
+CONFIG_ENV = "FASTIO_DL_CONFIG"
+OPTION_ENV_PREFIX = "FASTIO_DL_"
+CONFIG_NAME = "config.toml"
+#: Keys the config file may set only at low precedence (env FASTIO_TOKEN etc. must win).
+FILE_ONLY_KEYS = ("token", "api-base")
+
+
+def option_env(name: str) -> str:
+    """The environment variable of an option: ``--max-retry-wait`` -> ``FASTIO_DL_MAX_RETRY_WAIT``."""
+    return OPTION_ENV_PREFIX + name.lstrip("-").replace("-", "_").upper()
+
+
+def default_config_path(env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """``FASTIO_DL_CONFIG``, else ``<user config dir>/fastio-dl/config.toml`` (platformdirs)."""
+    environ = dict(os.environ) if env is None else env
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV]).expanduser(), f"env {CONFIG_ENV}"
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("fastio-dl")) / CONFIG_NAME, "user config dir"
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed config file: top-level keys apply to every command, ``[get]``-style tables to one."""
+
+    path: Path | None
+    common: dict[str, Any]
+    commands: dict[str, dict[str, Any]]
+
+    def value(self, command: str, key: str) -> Any:
+        key = key.replace("_", "-")
+        table = self.commands.get(command, {})
+        return table[key] if key in table else self.common.get(key)
+
+    def has(self, command: str, key: str) -> bool:
+        key = key.replace("_", "-")
+        return key in self.commands.get(command, {}) or key in self.common
+
+
+EMPTY_CONFIG = ConfigFile(None, {}, {})
+
+
+def load_config_file(path: Path, *, required: bool, commands: dict[str, set[str]]) -> ConfigFile:
+    """Read a TOML config; every key must be an option of some command (``commands``)."""
+    import tomllib
+
+    from fastio_dl.errors import UsageError
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise UsageError(f"config file {path} does not exist") from None
+        return EMPTY_CONFIG
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    known = set().union(*commands.values()) if commands else set()
+    common: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in commands:
+            table = {k.replace("_", "-"): v for k, v in value.items()}
+            unknown = sorted(set(table) - commands[key])
+            if unknown:
+                raise UsageError(f"config file {path}: [{key}] has no option {unknown[0]!r}")
+            tables[key] = table
+            continue
+        name = key.replace("_", "-")
+        if name not in known:
+            raise UsageError(f"config file {path}: unknown option {key!r}",
+                             "keys are long option names, e.g. concurrency = 16")
+        common[name] = value
+    return ConfigFile(path, common, tables)

@@ -88,3 +88,20 @@ class ManifestError(UsageError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems), None)
         self.problems = problems
+
+
+def read_manifest(manifest: str) -> tuple[str, str]:
+    """The manifest's text and the name used in messages (``-`` reads stdin)."""
+    import sys
+
+    if manifest == "-":
+        return sys.stdin.read(), "<stdin>"
+    path = Path(manifest)
+    try:
+        return path.read_text(encoding="utf-8"), manifest
+    except FileNotFoundError:
+        raise UsageError(f"manifest {manifest} does not exist", "give a manifest path or - for stdin") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"manifest {manifest} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {manifest}: {exc.strerror}") from None

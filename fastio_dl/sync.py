@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastio_dl.errors import LockedError
-from fastio_dl.planner import PlanItem
+from fastio_dl.events import FileFinished
+from fastio_dl.planner import PlanItem, Target
 from fastio_dl.state import Record, State, local_matches_record
-from fastio_dl.storage import matches_local
-from fastio_dl.transfer import STATE_DIR, Decision
+from fastio_dl.storage import human_bytes, matches_local
+from fastio_dl.transfer import STATE_DIR, Decision, in_shard
 
 LOCK_NAME = "lock"
 STATE_NAME = "state.db"
@@ -159,3 +160,67 @@ def _read_holder(path: Path) -> str:
     except OSError:
         return ""
     return f" (pid {pid})" if pid.isdigit() else ""
+
+
+# ----------------------------------------------------------------------------- after the run
+
+
+@dataclass
+class SyncReport:
+    code: int
+    lines: list[str]
+
+
+def finish_sync(
+    dest: Path,
+    state: State,
+    planned: set[str],
+    plan_failures: int,
+    finished: list[FileFinished],
+    *,
+    delete: bool,
+    max_delete: int | None,
+    dry_run: bool,
+    shard: tuple[int, int] | None = None,
+) -> SyncReport:
+    """Report (and with ``delete`` remove) tracked files that left; the dry-run summary."""
+    lines: list[str] = []
+    stale = stale_paths(state, planned)
+    if shard is not None:
+        stale = [p for p in stale if (r := state.get(p)) is not None and in_shard(r.node_id, shard)]
+    if stale and plan_failures:
+        lines.append(f"not deleting or reporting {len(stale)} tracked file(s): part of the plan "
+                     "failed, so the remote listing is incomplete")
+        stale = []
+    if dry_run:
+        counts = {"download": [0, 0], "replace": [0, 0], "adopt": [0, 0]}
+        for event in finished:
+            for label, bucket in counts.items():
+                if event.reason and f"would {label}" in event.reason:
+                    bucket[0] += 1
+                    bucket[1] += event.bytes
+        parts = [f"{label} {n} ({human_bytes(b)})" for label, (n, b) in counts.items()]
+        verb = "delete" if delete else "report as gone"
+        lines.append(f"dry run: would {', '.join(parts)}; {verb} {len(stale)}")
+        lines += [f"dry run: would {verb}: {relpath}" for relpath in stale]
+        return SyncReport(0, lines)
+    if stale and not delete:
+        lines += [f"gone from manifest or remote: {p} (kept; --delete removes it)" for p in stale]
+    elif stale:
+        if max_delete is not None and len(stale) > max_delete:
+            lines.append(f"error: {len(stale)} files would be deleted, over --max-delete {max_delete}; "
+                         "nothing deleted. Check the manifest, or raise --max-delete")
+            return SyncReport(1, lines)
+        result = delete_stale(dest, state, stale)
+        lines += [f"deleted: {dest / p}" for p in result.deleted]
+        lines += [f"kept {dest / p}: modified since fastio-dl wrote it; no longer tracked"
+                  for p in result.kept_modified]
+    return SyncReport(0, lines)
+
+
+def write_failed_manifest(path: Path, lines: dict[int, str], failed: list[Target]) -> None:
+    """The manifest lines whose files failed, as a manifest (written atomically)."""
+    numbers = sorted({t.line for t in failed if t.line is not None})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{lines[n]}\n" for n in numbers), encoding="utf-8")
+    os.replace(tmp, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class Outcome:
     failed_targets: list[Target] = field(default_factory=list)
     plan_failures: int = 0  # references or folders that could not be resolved completely
     planned_paths: set[str] = field(default_factory=set)  # every local path this run claimed
+    signal: int | None = None  # the signal that interrupted the run
 
 
 class StopRun(Exception):
@@ -134,6 +136,7 @@ class Engine:
         self.retry = RetryPolicy.from_settings(settings)
         self._stop_new: str | None = None  # reason new files must not start
         self._net_slots = asyncio.Semaphore(settings.concurrency)  # transfers on the wire at once
+        self._limiter = RateLimiter(settings.limit_rate) if settings.limit_rate > 0 else None
         self._reserved = 0  # bytes that files in flight may still write
         self._reservations: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -228,6 +231,8 @@ class Engine:
                 self.outcome.plan_failures += 1
                 self._finish(entry.target, entry.node_id, entry.relpath, "failed", 0, 0, error=entry.error)
                 continue
+            if self.settings.shard is not None and not in_shard(entry.remote.node_id, self.settings.shard):
+                continue  # another host's file (--shard)
             final = self.dest / entry.relpath
             self.reporter.emit(FileQueued(entry.key, str(final), entry.remote.size))
             if self._stop_new:
@@ -555,6 +560,8 @@ class Engine:
                 batched += len(chunk)
                 state.transferred += len(chunk)
                 emit(FileProgress(item.key, len(chunk)))
+                if self._limiter is not None:
+                    await self._limiter.take(len(chunk))
                 if batched >= SEGMENT_BLOCK:
                     await flush()
         finally:
@@ -593,6 +600,8 @@ class Engine:
                 batched += len(chunk)
                 state.transferred += len(chunk)
                 emit(FileProgress(key, len(chunk)))
+                if self._limiter is not None:
+                    await self._limiter.take(len(chunk))
                 if batched >= WRITE_BLOCK:
                     await part.write(batch)
                     batch, batched = [], 0
@@ -653,6 +662,30 @@ async def _drop_leftovers(final: Path) -> None:
 
 class RangeUnsupportedError(TransferError):
     """A ranged request was answered with the whole body: segments are not possible."""
+
+
+def in_shard(node_id: str, shard: tuple[int, int]) -> bool:
+    """``--shard K/N``: a stable split by node id, the same on every host and every run."""
+    index, count = shard
+    return int(hashlib.sha256(node_id.encode()).hexdigest()[:16], 16) % count == index
+
+
+class RateLimiter:
+    """``--limit-rate``: one token bucket shared by every transfer of the run."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.burst = max(64 * 1024, rate / 10)  # at most a tenth of a second ahead of the rate
+        self._allowance = float(self.burst)
+        self._last = time.monotonic()
+
+    async def take(self, amount: int) -> None:
+        now = time.monotonic()
+        self._allowance = min(self.burst, self._allowance + (now - self._last) * self.rate)
+        self._last = now
+        self._allowance -= amount
+        if self._allowance < 0:
+            await asyncio.sleep(-self._allowance / self.rate)
 
 
 def split_segments(size: int, count: int, saved: list[list[int]] | None) -> list[list[int]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import TextIO
 
 from fastio_dl.errors import redact
@@ -83,3 +85,34 @@ class PlainReporter:
 
     def close(self) -> None:
         pass
+
+
+class LogFileReporter:
+    """``--log-file``: timestamped lines (UTC) for every file, retry, notice and summary."""
+
+    def __init__(self, path: Path, *, secrets: frozenset[str] = frozenset()) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("a", encoding="utf-8")
+        self.secrets = secrets
+
+    def _line(self, level: str, text: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self.handle.write(f"{stamp} {level} {redact(text, self.secrets)}\n")
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, FileFinished):
+            extra = f" ({event.reason})" if event.reason else ""
+            if event.status == "failed":
+                self._line("ERROR", f"failed: {event.path or event.ref}: {event.error}")
+            else:
+                self._line("INFO", f"{event.status}: {event.path} [{event.node_id}]{extra}")
+        elif isinstance(event, FileRetry):
+            self._line("WARN", f"retry {event.attempt}: {event.path}: {event.error} (wait {event.wait:.1f} s)")
+        elif isinstance(event, Notice):
+            self._line(event.level.upper(), event.message)
+        elif isinstance(event, RunSummary):
+            self._line("INFO", summary_line(event))
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()

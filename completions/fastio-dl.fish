@@ -1,0 +1,1 @@
+complete --command fastio-dl --no-files --arguments "(env _FASTIO_DL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) fastio-dl)" --condition "env _FASTIO_DL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) fastio-dl"
