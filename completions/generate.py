@@ -21,8 +21,16 @@ SHELLS = {"bash": "fastio-dl.bash", "zsh": "_fastio-dl", "fish": "fastio-dl.fish
 def generate(shell: str) -> str:
     env = {**os.environ, "_FASTIO_DL_COMPLETE": f"source_{shell}"}
     done = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.argv[0] = 'fastio-dl'; from fastio_dl.cli import entrypoint; entrypoint()"],
-        env=env, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv[0] = 'fastio-dl'; "
+            "from fastio_dl.cli import entrypoint; entrypoint()",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return done.stdout
 

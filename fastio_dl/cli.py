@@ -64,44 +64,86 @@ def _opt(*decls: str, help: str, **kwargs: Any) -> Any:
 # ----------------------------------------------------------------------------- shared options
 
 DestOpt = Annotated[Path, _opt("-d", "--dest", help="Destination directory.")]
-WorkspaceOpt = Annotated[str | None, _opt("-w", "--workspace", help="Default workspace for bare node ids.")]
+WorkspaceOpt = Annotated[
+    str | None, _opt("-w", "--workspace", help="Default workspace for bare node ids.")
+]
 ShareOpt = Annotated[str | None, _opt("-s", "--share", help="Default share for bare node ids.")]
-ConcurrencyOpt = Annotated[int, _opt("-j", "--concurrency", min=1, max=256, help="Files transferred at once.")]
-RetriesOpt = Annotated[int, _opt("--retries", min=0, max=100, help="Retries per file and API call.")]
+ConcurrencyOpt = Annotated[
+    int, _opt("-j", "--concurrency", min=1, max=256, help="Files transferred at once.")
+]
+RetriesOpt = Annotated[
+    int, _opt("--retries", min=0, max=100, help="Retries per file and API call.")
+]
 StallOpt = Annotated[
     float, _opt("--stall-timeout", min=0.1, help="Seconds without a byte before a read is retried.")
 ]
-BackoffOpt = Annotated[float, _opt("--backoff", min=0.0, help="First retry wait in seconds (doubles, with jitter).")]
-MaxWaitOpt = Annotated[float, _opt("--max-retry-wait", min=0.0, help="Cap on any single retry wait, in seconds.")]
-ProgressOpt = Annotated[
-    str, _opt("--progress", help="auto (live panel on a terminal, plain lines otherwise), rich, plain, json or none.")
+BackoffOpt = Annotated[
+    float, _opt("--backoff", min=0.0, help="First retry wait in seconds (doubles, with jitter).")
 ]
-JsonOpt = Annotated[bool, _opt("--json", help="Write one JSON object per file, then a summary, to stdout.")]
+MaxWaitOpt = Annotated[
+    float, _opt("--max-retry-wait", min=0.0, help="Cap on any single retry wait, in seconds.")
+]
+ProgressOpt = Annotated[
+    str,
+    _opt(
+        "--progress",
+        help="auto (live panel on a terminal, plain lines otherwise), rich, plain, json or none.",
+    ),
+]
+JsonOpt = Annotated[
+    bool, _opt("--json", help="Write one JSON object per file, then a summary, to stdout.")
+]
 QuietOpt = Annotated[bool, _opt("-q", "--quiet", help="Print only errors and the final summary.")]
-NoClobberOpt = Annotated[bool, _opt("--no-clobber", help="Keep an existing local file that differs from the remote.")]
+NoClobberOpt = Annotated[
+    bool, _opt("--no-clobber", help="Keep an existing local file that differs from the remote.")
+]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", help="API token (else FASTIO_DL_TOKEN, FASTIO_TOKEN, FASTIO_API_KEY, config).",
-                 show_default=False),
+    typer.Option(
+        "--token",
+        help="API token (else FASTIO_DL_TOKEN, FASTIO_TOKEN, FASTIO_API_KEY, config).",
+        show_default=False,
+    ),
 ]
 ApiBaseOpt = Annotated[
     str | None,
-    typer.Option("--api-base", help="API base URL (else FASTIO_DL_API_BASE, FASTIO_API_BASE, config).",
-                 show_default=False),
+    typer.Option(
+        "--api-base",
+        help="API base URL (else FASTIO_DL_API_BASE, FASTIO_API_BASE, config).",
+        show_default=False,
+    ),
 ]
-CaBundleOpt = Annotated[Path | None, _opt("--ca-bundle", help="PEM file of CAs to trust (else SSL_CERT_FILE).")]
+CaBundleOpt = Annotated[
+    Path | None, _opt("--ca-bundle", help="PEM file of CAs to trust (else SSL_CERT_FILE).")
+]
 ReadModeOpt = Annotated[
     str,
-    _opt("--read-mode", help="auto: read with the API token, minting a read token only if refused; "
-                             "token: a read token per file; bearer: the API token only."),
+    _opt(
+        "--read-mode",
+        help="auto: read with the API token, minting a read token only if refused; "
+        "token: a read token per file; bearer: the API token only.",
+    ),
 ]
-SegmentsOpt = Annotated[int, _opt("--segments", min=1, max=32, help="Ranged connections per large file (1: one stream).")]
-SegmentThresholdOpt = Annotated[str, _opt("--segment-threshold", help="Files at least this large use --segments (e.g. 64M).")]
+SegmentsOpt = Annotated[
+    int,
+    _opt("--segments", min=1, max=32, help="Ranged connections per large file (1: one stream)."),
+]
+SegmentThresholdOpt = Annotated[
+    str, _opt("--segment-threshold", help="Files at least this large use --segments (e.g. 64M).")
+]
 ShardOpt = Annotated[
-    str | None, _opt("--shard", help="K/N: take only this host's share of the files (0 <= K < N), split by node id.")
+    str | None,
+    _opt(
+        "--shard",
+        help="K/N: take only this host's share of the files (0 <= K < N), split by node id.",
+    ),
 ]
-LimitRateOpt = Annotated[str | None, _opt("--limit-rate", help="Total bytes per second over all transfers, e.g. 20M.")]
-LogFileOpt = Annotated[Path | None, _opt("--log-file", help="Append timestamped log lines to this file.")]
+LimitRateOpt = Annotated[
+    str | None, _opt("--limit-rate", help="Total bytes per second over all transfers, e.g. 20M.")
+]
+LogFileOpt = Annotated[
+    Path | None, _opt("--log-file", help="Append timestamped log lines to this file.")
+]
 DebugOpt = Annotated[bool, _opt("--debug", help="Show tracebacks and debug notices.")]
 
 
@@ -118,7 +160,7 @@ def command_options() -> dict[str, set[str]]:
     group = typer.main.get_command(app)
     out: dict[str, set[str]] = {}
     for name, command in group.commands.items():  # type: ignore[attr-defined]
-        names = set()
+        names: set[str] = set()
         for param in command.params:
             names.update(opt[2:] for opt in getattr(param, "opts", []) if opt.startswith("--"))
         names.discard("help")
@@ -133,12 +175,19 @@ _CONFIG: dict[str, ConfigFile] = {"file": EMPTY_CONFIG}
 def main(
     ctx: typer.Context,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
     config: Annotated[
         Path | None,
-        typer.Option("--config", envvar="FASTIO_DL_CONFIG", show_envvar=True,
-                     help="TOML config file (default: fastio-dl/config.toml in the user config dir)."),
+        typer.Option(
+            "--config",
+            envvar="FASTIO_DL_CONFIG",
+            show_envvar=True,
+            help="TOML config file (default: fastio-dl/config.toml in the user config dir).",
+        ),
     ] = None,
 ) -> None:
     """Fast, verified, resumable bulk downloads from Fast.io workspaces and shares."""
@@ -149,15 +198,16 @@ def main(
         _fail(exc.message, exc.hint, int(exc.exit_code))
     _CONFIG["file"] = loaded
     # Click ranks default_map below flags and environment variables: exactly what we want.
-    ctx.default_map = {
-        command: {
-            param.replace("-", "_"): loaded.value(command, param)
-            for param in names
-            if loaded.has(command, param) and param not in FILE_ONLY_KEYS
+    ctx.default_map = _param_names(
+        {
+            command: {
+                param.replace("-", "_"): loaded.value(command, param)
+                for param in names
+                if loaded.has(command, param) and param not in FILE_ONLY_KEYS
+            }
+            for command, names in command_options().items()
         }
-        for command, names in command_options().items()
-    }
-    ctx.default_map = _param_names(ctx.default_map)
+    )
 
 
 def _param_names(default_map: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -168,8 +218,16 @@ def _param_names(default_map: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     out: dict[str, dict[str, Any]] = {}
     for command, values in default_map.items():
         cmd = group.commands.get(command)  # type: ignore[attr-defined]
-        by_opt = {opt[2:].replace("-", "_"): p.name for p in cmd.params for opt in getattr(p, "opts", [])
-                  if opt.startswith("--")} if cmd else {}
+        by_opt = (
+            {
+                opt[2:].replace("-", "_"): p.name
+                for p in cmd.params
+                for opt in getattr(p, "opts", [])
+                if opt.startswith("--")
+            }
+            if cmd
+            else {}
+        )
         out[command] = {by_opt.get(key, key): value for key, value in values.items()}
     return out
 
@@ -207,7 +265,9 @@ def guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
         if debug:
             _print_traceback()
             _fail(f"unexpected {type(exc).__name__}: {exc}", None, 1)
-        _fail(f"unexpected {type(exc).__name__}: {exc}", "run again with --debug for a traceback", 1)
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc}", "run again with --debug for a traceback", 1
+        )
     raise typer.Exit(code)
 
 
@@ -291,7 +351,9 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
         "segments": values["segments"],
         "segment_threshold": parse_size(values["segment_threshold"], "--segment-threshold"),
         "shard": parse_shard(values.get("shard")),
-        "limit_rate": parse_size(values["limit_rate"], "--limit-rate") if values.get("limit_rate") else 0,
+        "limit_rate": parse_size(values["limit_rate"], "--limit-rate")
+        if values.get("limit_rate")
+        else 0,
         "log_file": values.get("log_file"),
     }
     check_choice("--progress", values["progress"], PROGRESS_MODES)
@@ -303,8 +365,13 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
 def make_run_reporter(values: dict[str, Any], settings: Settings) -> Reporter:
     secrets = frozenset({settings.token} if settings.token else set())
     reporter = make_reporter(
-        values["progress"], stderr=sys.stderr, stdout=sys.stdout, json_results=values["json_out"],
-        quiet=values["quiet"], debug=settings.debug, secrets=secrets,
+        values["progress"],
+        stderr=sys.stderr,
+        stdout=sys.stdout,
+        json_results=values["json_out"],
+        quiet=values["quiet"],
+        debug=settings.debug,
+        secrets=secrets,
     )
     if settings.log_file is not None:
         from fastio_dl.reporting.plain import LogFileReporter
@@ -312,7 +379,9 @@ def make_run_reporter(values: dict[str, Any], settings: Settings) -> Reporter:
         try:
             log = LogFileReporter(settings.log_file, secrets=secrets)
         except OSError as exc:
-            raise UsageError(f"cannot open --log-file {settings.log_file}: {exc.strerror}") from None
+            raise UsageError(
+                f"cannot open --log-file {settings.log_file}: {exc.strerror}"
+            ) from None
         reporter = Fanout(reporter, log)
     return reporter
 
@@ -384,7 +453,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def _tune_malloc() -> None:
@@ -427,8 +496,10 @@ def _say(quiet: bool) -> Callable[[str], None]:
 def get(
     refs: Annotated[
         list[str],
-        typer.Argument(help="Node ids, ws:/share: references or Fast.io URLs; - reads them from stdin.",
-                       show_default=False),
+        typer.Argument(
+            help="Node ids, ws:/share: references or Fast.io URLs; - reads them from stdin.",
+            show_default=False,
+        ),
     ],
     dest: DestOpt = Path("."),
     workspace: WorkspaceOpt = None,
@@ -474,7 +545,10 @@ def get(
 @app.command()
 def sync(
     manifest: Annotated[
-        str, typer.Argument(help="Manifest file of 'REF [DEST]' lines, or - for stdin.", show_default=False)
+        str,
+        typer.Argument(
+            help="Manifest file of 'REF [DEST]' lines, or - for stdin.", show_default=False
+        ),
     ],
     dest: DestOpt = Path("."),
     workspace: WorkspaceOpt = None,
@@ -487,14 +561,24 @@ def sync(
     progress: ProgressOpt = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    delete: Annotated[bool, _opt("--delete", help="Remove tracked files that left the manifest or the remote.")] = False,
-    max_delete: Annotated[int | None, _opt("--max-delete", min=0, help="Abort before deleting more than N files.")] = None,
-    dry_run: Annotated[bool, _opt("--dry-run", help="Say what would change; change nothing.")] = False,
-    wait_lock: Annotated[float, _opt("--wait-lock", min=0.0, help="Seconds to wait for another sync's lock.")] = 0.0,
+    delete: Annotated[
+        bool, _opt("--delete", help="Remove tracked files that left the manifest or the remote.")
+    ] = False,
+    max_delete: Annotated[
+        int | None, _opt("--max-delete", min=0, help="Abort before deleting more than N files.")
+    ] = None,
+    dry_run: Annotated[
+        bool, _opt("--dry-run", help="Say what would change; change nothing.")
+    ] = False,
+    wait_lock: Annotated[
+        float, _opt("--wait-lock", min=0.0, help="Seconds to wait for another sync's lock.")
+    ] = 0.0,
     failed_manifest: Annotated[
         Path | None, _opt("--failed-manifest", help="Write the lines whose files failed here.")
     ] = None,
-    allow_empty: Annotated[bool, _opt("--allow-empty", help="Accept a manifest with no lines.")] = False,
+    allow_empty: Annotated[
+        bool, _opt("--allow-empty", help="Accept a manifest with no lines.")
+    ] = False,
     token: TokenOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
@@ -509,12 +593,20 @@ def sync(
     """Bring DEST up to date with a manifest: only new or changed files move."""
     values = dict(locals())
     from fastio_dl.state import State
-    from fastio_dl.sync import SyncPolicy, destination_lock, finish_sync, state_path, write_failed_manifest
+    from fastio_dl.sync import (
+        SyncPolicy,
+        destination_lock,
+        finish_sync,
+        state_path,
+        write_failed_manifest,
+    )
 
     def body() -> int:
         settings = transfer_settings(values)
         text, name = read_manifest(manifest)
-        parsed = parse_manifest(text, name, workspace=workspace, share=share, allow_empty=allow_empty)
+        parsed = parse_manifest(
+            text, name, workspace=workspace, share=share, allow_empty=allow_empty
+        )
         if settings.token is None:
             raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
         dest.mkdir(parents=True, exist_ok=True)
@@ -524,19 +616,32 @@ def sync(
                 recorder = Recorder()
                 reporter = Fanout(make_run_reporter(values, settings), recorder)
                 policy = SyncPolicy(state, dry_run=dry_run)
-                outcome = run_engine(settings, parsed.targets, reporter, policy=policy, dry_run=dry_run)
+                outcome = run_engine(
+                    settings, parsed.targets, reporter, policy=policy, dry_run=dry_run
+                )
                 if failed_manifest is not None:
                     write_failed_manifest(failed_manifest, parsed.lines, outcome.failed_targets)
                 code = exit_code_of(outcome)
                 if outcome.interrupted:
                     return code
                 report = finish_sync(
-                    dest, state, outcome.planned_paths, outcome.plan_failures, recorder.finished(),
-                    delete=delete, max_delete=max_delete, dry_run=dry_run, shard=settings.shard,
+                    dest,
+                    state,
+                    outcome.planned_paths,
+                    outcome.plan_failures,
+                    recorder.finished(),
+                    delete=delete,
+                    max_delete=max_delete,
+                    dry_run=dry_run,
+                    shard=settings.shard,
                 )
                 say = _say(quiet)
                 for line in report.lines:
-                    (typer.echo(f"fastio-dl: {line}", err=True) if line.startswith("error") else say(line))
+                    (
+                        typer.echo(f"fastio-dl: {line}", err=True)
+                        if line.startswith("error")
+                        else say(line)
+                    )
                 return max(code, report.code)
             finally:
                 state.close()
@@ -563,8 +668,8 @@ def list_command(
     debug: DebugOpt = False,
 ) -> None:
     """List a folder: a table, JSON lines (--json) or a manifest (--manifest)."""
+    from fastio_dl.errors import human_bytes
     from fastio_dl.listing import Entry, list_entries
-    from fastio_dl.storage import human_bytes
 
     def body() -> int:
         parsed = parse_ref(ref, workspace=workspace, share=share)
@@ -582,11 +687,21 @@ def list_command(
             elif json_out:
                 typer.echo(json.dumps(entry.record(), ensure_ascii=False))
         if not (manifest_out or json_out):
-            rows = [(e.kind, human_bytes(int(e.node.get("size") or 0)) if e.kind == "file" else "-",
-                     str(e.node.get("modified") or ""), e.node_id, e.path.as_posix()) for e in entries]
+            rows = [
+                (
+                    e.kind,
+                    human_bytes(int(e.node.get("size") or 0)) if e.kind == "file" else "-",
+                    str(e.node.get("modified") or ""),
+                    e.node_id,
+                    e.path.as_posix(),
+                )
+                for e in entries
+            ]
             widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(_LS_HEADER)]
             for row in [_LS_HEADER, *rows]:
-                typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+                typer.echo(
+                    "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                )
         return 0
 
     guarded(debug, body)
@@ -595,11 +710,15 @@ def list_command(
 _LS_HEADER = ("TYPE", "SIZE", "MODIFIED", "ID", "PATH")
 
 
-def _api_settings(token: str | None, api_base: str | None, ca_bundle: Path | None, debug: bool) -> Settings:
+def _api_settings(
+    token: str | None, api_base: str | None, ca_bundle: Path | None, debug: bool
+) -> Settings:
     file = _CONFIG["file"]
     file_values = {key: file.value("", key) for key in FILE_ONLY_KEYS if file.has("", key)}
-    settings = load_settings({"token": token, "api_base": api_base, "ca_bundle": ca_bundle, "debug": debug},
-                             file_values=file_values)
+    settings = load_settings(
+        {"token": token, "api_base": api_base, "ca_bundle": ca_bundle, "debug": debug},
+        file_values=file_values,
+    )
     if settings.token is None:
         raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
     return settings
@@ -613,8 +732,10 @@ def verify(
     dest: Annotated[Path, typer.Argument(help="The local tree to check.", show_default=False)],
     manifest: Annotated[
         str | None,
-        typer.Argument(help="Check against the remote via this manifest (default: the sync state).",
-                       show_default=False),
+        typer.Argument(
+            help="Check against the remote via this manifest (default: the sync state).",
+            show_default=False,
+        ),
     ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -646,7 +767,9 @@ def verify(
             expected, unresolved = run_async(resolve)
         else:
             if not state_path(dest).is_file():
-                raise UsageError(f"{dest} has no sync state", "give a MANIFEST to check against the remote")
+                raise UsageError(
+                    f"{dest} has no sync state", "give a MANIFEST to check against the remote"
+                )
             state = State(state_path(dest))
             try:
                 expected = expected_from_state(state)
@@ -654,21 +777,35 @@ def verify(
                 state.close()
         report = compare(dest, expected)
         report.unresolved = unresolved
-        rows = ([("missing", p, None) for p in report.missing] + [("changed", p, d) for p, d in report.changed]
-                + [("extra", p, None) for p in report.extra] + [("unresolved", u, None) for u in unresolved])
+        rows = (
+            [("missing", p, None) for p in report.missing]
+            + [("changed", p, d) for p, d in report.changed]
+            + [("extra", p, None) for p in report.extra]
+            + [("unresolved", u, None) for u in unresolved]
+        )
         for status, path, detail in rows:
             if json_out:
-                typer.echo(json.dumps({"event": "file", "status": status, "path": path, "detail": detail}))
+                typer.echo(
+                    json.dumps({"event": "file", "status": status, "path": path, "detail": detail})
+                )
             else:
                 typer.echo(f"{status}: {path}" + (f" ({detail})" if detail else ""), err=True)
-        summary = {"event": "summary", "ok": len(report.ok), "missing": len(report.missing),
-                   "changed": len(report.changed), "extra": len(report.extra),
-                   "unverified_hash": len(report.unverifiable), "unresolved": len(unresolved)}
+        summary = {
+            "event": "summary",
+            "ok": len(report.ok),
+            "missing": len(report.missing),
+            "changed": len(report.changed),
+            "extra": len(report.extra),
+            "unverified_hash": len(report.unverifiable),
+            "unresolved": len(unresolved),
+        }
         if json_out:
             typer.echo(json.dumps(summary))
         elif not quiet or not report.clean:
-            typer.echo(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items() if k != "event"),
-                       err=True)
+            typer.echo(
+                ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items() if k != "event"),
+                err=True,
+            )
         return 0 if report.clean else int(ExitCode.FAILED)
 
     guarded(debug, body)
@@ -686,8 +823,10 @@ def config_show() -> None:
 
     file = _CONFIG["file"]
     group = typer.main.get_command(app)
-    typer.echo(f"config file: {file.path or default_config_path()[0]}"
-               + ("" if file.path else " (not present)"))
+    typer.echo(
+        f"config file: {file.path or default_config_path()[0]}"
+        + ("" if file.path else " (not present)")
+    )
     seen: set[str] = set()
     for command_name in ("get", "sync", "ls", "verify"):
         command = group.commands[command_name]  # type: ignore[attr-defined]
@@ -708,7 +847,9 @@ def config_show() -> None:
     token, source = resolve_token(None, dict(os.environ), file.value("", "token"))
     masked = "unset" if token is None else ("****" + token[-4:] if len(token) > 8 else "****")
     typer.echo(f"token = {masked}  ({source})")
-    settings = load_settings({}, file_values={k: file.value("", k) for k in FILE_ONLY_KEYS if file.has("", k)})
+    settings = load_settings(
+        {}, file_values={k: file.value("", k) for k in FILE_ONLY_KEYS if file.has("", k)}
+    )
     typer.echo(f"api-base = {settings.api_base!r}  ({settings.sources['api_base']})")
 
 
@@ -718,9 +859,12 @@ def config_show() -> None:
 @app.command()
 def demo(
     dest: Annotated[
-        Path | None, typer.Option("-d", "--dest", help="Where to download (default: a temporary directory).")
+        Path | None,
+        typer.Option("-d", "--dest", help="Where to download (default: a temporary directory)."),
     ] = None,
-    files: Annotated[int, typer.Option("--files", min=1, help="Files in the sample workspace.")] = 150,
+    files: Annotated[
+        int, typer.Option("--files", min=1, help="Files in the sample workspace.")
+    ] = 150,
     concurrency: ConcurrencyOpt = 8,
     progress: ProgressOpt = "auto",
     debug: DebugOpt = False,

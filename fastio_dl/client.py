@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
 from urllib.parse import urlsplit
-from urllib.request import getproxies_environment, proxy_bypass_environment
+from urllib.request import (  # type: ignore[attr-defined]
+    getproxies_environment,
+    proxy_bypass_environment,
+)
 
 import aiohttp
 from tenacity import (
@@ -152,7 +154,9 @@ def _retry_after_header(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def wait_hint(status: int, headers: Mapping[str, str], body: Any, now: float | None = None) -> float | None:
+def wait_hint(
+    status: int, headers: Mapping[str, str], body: Any, now: float | None = None
+) -> float | None:
     """Seconds to wait, in the contract's order: body, Retry-After, limit expiry, 60 s (429)."""
     now = time.time() if now is None else now
     hint = _retry_after_from_body(body)
@@ -189,7 +193,9 @@ def map_http_error(
             else "check that the token's user may read this workspace or share"
         )
         return AuthError(f"{what}: HTTP {status} {text}", hint)
-    return ApiError(status, f"{what}: HTTP {status} {text}", wait_hint=_hint_or_none(status, headers, body))
+    return ApiError(
+        status, f"{what}: HTTP {status} {text}", wait_hint=_hint_or_none(status, headers, body)
+    )
 
 
 def _hint_or_none(status: int, headers: Mapping[str, str], body: Any) -> float | None:
@@ -231,10 +237,12 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     spec = value[6:].strip()
     span, _, total = spec.partition("/")
     start, sep, end = span.partition("-")
+    if not sep:
+        return None
     try:
         return ContentRange(int(start), int(end), None if total in ("*", "") else int(total))
     except ValueError:
-        return None if not sep else None
+        return None
 
 
 class ReadStream:
@@ -260,7 +268,7 @@ class ReadStream:
                     continue
                 self.received += len(chunk)
                 yield chunk
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError) as exc:
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise ShortReadError(
                 f"read stalled: no data for {self._stall_timeout:g} s after {self.received} bytes",
                 "raise --stall-timeout for very slow links",
@@ -270,9 +278,7 @@ class ReadStream:
                 f"connection broke after {self.received} bytes ({type(exc).__name__})"
             ) from exc
         if self.content_length is not None and self.received < self.content_length:
-            raise ShortReadError(
-                f"body ended after {self.received} of {self.content_length} bytes"
-            )
+            raise ShortReadError(f"body ended after {self.received} of {self.content_length} bytes")
 
 
 # ----------------------------------------------------------------------------- client
@@ -326,7 +332,9 @@ class FastioClient:
     def _network_error(self, what: str, exc: BaseException) -> TransferError:
         # A certificate that does not verify will not verify on the next attempt either.
         retryable = not isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError))
-        return TransferError(f"{what}: {self.redact(_describe_network_error(exc))}", retryable=retryable)
+        return TransferError(
+            f"{what}: {self.redact(_describe_network_error(exc))}", retryable=retryable
+        )
 
     def _auth_headers(self) -> dict[str, str]:
         if not self._token:
@@ -365,7 +373,7 @@ class FastioClient:
                     raw = await resp.read()
                     status = resp.status
                     resp_headers = resp.headers
-            except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._network_error(what, exc) from exc
             try:
                 body: Any = json.loads(raw) if raw else None
@@ -436,7 +444,9 @@ class FastioClient:
 
     async def request_read(self, context: str, context_id: str, node: str) -> str:
         # Not retried blindly by the caller's replay: each attempt mints a fresh token anyway.
-        body = await self._get_json(self._url(context, context_id, node, "requestread"), "read token")
+        body = await self._get_json(
+            self._url(context, context_id, node, "requestread"), "read token"
+        )
         token = payload_of(body).get("token")
         if not isinstance(token, str) or not token:
             raise TransferError("read token: the API answered without a token", retryable=True)
@@ -468,17 +478,18 @@ class FastioClient:
             params["version_id"] = version_id
         if start > 0 or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        self.api_calls += 0  # reads are not API calls; counted by the emulator separately
         try:
-            response = await self._session.get(url, params=params, headers=headers, proxy=self._proxy)
-        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError) as exc:
+            response = await self._session.get(
+                url, params=params, headers=headers, proxy=self._proxy
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._network_error("read", exc) from exc
         try:
             if response.status >= 400:
                 try:
                     raw = await response.read()
                     body: Any = json.loads(raw) if raw else None
-                except (aiohttp.ClientError, ValueError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError, ValueError):
                     body = None
                 raise map_http_error(response.status, response.headers, body, "read", on_read=True)
             yield ReadStream(response, self._settings.stall_timeout)
@@ -487,7 +498,7 @@ class FastioClient:
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)."""
+    """The proxy the environment names for ``url`` (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY)."""
     parts = urlsplit(url)
     if proxy_bypass_environment(parts.hostname or "", getproxies_environment()):
         return None
@@ -526,9 +537,7 @@ def _describe_network_error(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return (
-            "TLS certificate verification failed; pass --ca-bundle PATH to trust a private CA"
-        )
+        return "TLS certificate verification failed; pass --ca-bundle PATH to trust a private CA"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
     if isinstance(exc, aiohttp.ClientSSLError):

@@ -109,7 +109,9 @@ def load_settings(
     from_file = file_values or {}
     sources: dict[str, str] = {}
     values: dict[str, Any] = {}
-    token, sources["token"] = resolve_token(flags.pop("token", None), environ, from_file.get("token"))
+    token, sources["token"] = resolve_token(
+        flags.pop("token", None), environ, from_file.get("token")
+    )
     values["token"] = token
     api_base = flags.pop("api_base", None)
     if api_base:
@@ -143,7 +145,7 @@ FILE_ONLY_KEYS = ("token", "api-base")
 
 
 def option_env(name: str) -> str:
-    """The environment variable of an option: ``--max-retry-wait`` -> ``FASTIO_DL_MAX_RETRY_WAIT``."""
+    """An option's environment variable: ``--max-retry-wait`` -> ``FASTIO_DL_MAX_RETRY_WAIT``."""
     return OPTION_ENV_PREFIX + name.lstrip("-").replace("-", "_").upper()
 
 
@@ -159,7 +161,7 @@ def default_config_path(env: dict[str, str] | None = None) -> tuple[Path, str]:
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """A parsed config file: top-level keys apply to every command, ``[get]``-style tables to one."""
+    """A parsed config file: top-level keys apply to every command, a ``[get]`` table to one."""
 
     path: Path | None
     common: dict[str, Any]
@@ -209,7 +211,9 @@ def load_config_file(path: Path, *, required: bool, commands: dict[str, set[str]
             continue
         name = key.replace("_", "-")
         if name not in known:
-            raise UsageError(f"config file {path}: unknown option {key!r}",
-                             "keys are long option names, e.g. concurrency = 16")
+            raise UsageError(
+                f"config file {path}: unknown option {key!r}",
+                "keys are long option names, e.g. concurrency = 16",
+            )
         common[name] = value
     return ConfigFile(path, common, tables)

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from fastio_dl.config import Secret, Settings
-from fastio_dl.emulator import DEFAULT_TOKEN, DatasetSpec, EmulatorThread, Fault, SeededBlob, Switches, build
+from fastio_dl.emulator import (
+    DEFAULT_TOKEN,
+    DatasetSpec,
+    EmulatorThread,
+    Fault,
+    SeededBlob,
+    Switches,
+    build,
+)
 from fastio_dl.events import Reporter
 from fastio_dl.planner import Target
 from fastio_dl.refs import parse_ref
@@ -41,7 +49,7 @@ def run_demo(
         DatasetSpec(files=files, depth=2, fanout=3, min_size=1024, max_size=1_500_000, seed=42),
         switches=switches,
     )
-    big = space.add_file("root", "big-dataset.tar", SeededBlob(4242, 16 * 1024 * 1024))
+    space.add_file("root", "big-dataset.tar", SeededBlob(4242, 16 * 1024 * 1024))
     with EmulatorThread(emulator) as server:
         settings = Settings(
             api_base=server.api_base,
@@ -56,7 +64,9 @@ def run_demo(
             f"{sum(1 for _ in space.files())} files; downloading to {dest}",
             file=sys.stderr,
         )
-        outcome = run(settings, [Target(parse_ref(f"ws:{space.id}/root"))], make_reporter_for(settings))
+        outcome = run(
+            settings, [Target(parse_ref(f"ws:{space.id}/root"))], make_reporter_for(settings)
+        )
         expected = {space.path_of(n.id): n for n in space.files()}
         checked = _verify(dest, expected)
     print(
@@ -64,7 +74,6 @@ def run_demo(
         + ("" if keep else " (temporary; pass -d DIR to keep them)"),
         file=sys.stderr,
     )
-    del big
     if outcome.interrupted:
         return 130
     return 0 if checked == len(expected) and not outcome.failed else 1

@@ -97,9 +97,7 @@ class ApiError(TransferError):
         *,
         wait_hint: float | None = None,
     ) -> None:
-        super().__init__(
-            message, hint, retryable=status in RETRYABLE_STATUSES, wait_hint=wait_hint
-        )
+        super().__init__(message, hint, retryable=status in RETRYABLE_STATUSES, wait_hint=wait_hint)
         self.status = status
 
 
@@ -147,3 +145,12 @@ def redact(text: str, secrets: tuple[str, ...] | frozenset[str] = ()) -> str:
             text = text.replace(secret, "***")
     text = _TOKEN_QUERY.sub(r"\1REDACTED", text)
     return _BEARER.sub(r"\1***", text)
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 MiB``: sizes in messages and progress lines (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover

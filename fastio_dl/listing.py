@@ -66,7 +66,9 @@ async def list_entries(client: FastioClient, ref: Ref, *, recursive: bool) -> As
         current, base = pending.pop(0)
         async for page in client.list_folder(ref.context, ref.context_id, current):
             for child in page:
-                entry = Entry(ref, child, base / safe_name(str(child.get("name") or child.get("id"))))
+                entry = Entry(
+                    ref, child, base / safe_name(str(child.get("name") or child.get("id")))
+                )
                 yield entry
                 if recursive and entry.kind == "folder":
                     pending.append((entry.node_id, entry.path))

@@ -19,6 +19,7 @@ from fastio_dl.errors import UsageError
 from fastio_dl.planner import Target
 from fastio_dl.refs import parse_ref
 from fastio_dl.transfer import STATE_DIR
+
 _SPLIT = re.compile(r"\s+")
 
 
@@ -36,17 +37,25 @@ def check_dest(raw: str) -> PurePosixPath:
         raise ValueError("DEST contains control characters")
     path = PurePosixPath(text)
     if path.is_absolute() or re.match(r"^[A-Za-z]:", text):
-        raise ValueError(f"DEST {raw.strip()!r} is absolute; give a path relative to the destination")
+        raise ValueError(
+            f"DEST {raw.strip()!r} is absolute; give a path relative to the destination"
+        )
     parts = [p for p in path.parts if p not in ("", ".")]
     if ".." in parts:
         raise ValueError(f"DEST {raw.strip()!r} leaves the destination ('..')")
     if parts and parts[0] == STATE_DIR:
-        raise ValueError(f"DEST {raw.strip()!r} is inside {STATE_DIR}/, which fastio-dl keeps for itself")
+        raise ValueError(
+            f"DEST {raw.strip()!r} is inside {STATE_DIR}/, which fastio-dl keeps for itself"
+        )
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
 def parse_manifest(
-    text: str, name: str, *, workspace: str | None = None, share: str | None = None,
+    text: str,
+    name: str,
+    *,
+    workspace: str | None = None,
+    share: str | None = None,
     allow_empty: bool = False,
 ) -> Manifest:
     problems: list[str] = []
@@ -72,13 +81,17 @@ def parse_manifest(
                 continue
             key = dest.as_posix()
             if key in claimed:
-                problems.append(f"{name}:{number}: DEST {key!r} is already claimed by line {claimed[key]}")
+                problems.append(
+                    f"{name}:{number}: DEST {key!r} is already claimed by line {claimed[key]}"
+                )
                 continue
             claimed[key] = number
         targets.append(Target(ref, dest, number))
         lines[number] = stripped
     if not targets and not problems and not allow_empty:
-        problems.append(f"{name}: the manifest has no references (pass --allow-empty to accept that)")
+        problems.append(
+            f"{name}: the manifest has no references (pass --allow-empty to accept that)"
+        )
     if problems:
         raise ManifestError(problems)
     return Manifest(name, targets, lines)
@@ -100,7 +113,9 @@ def read_manifest(manifest: str) -> tuple[str, str]:
     try:
         return path.read_text(encoding="utf-8"), manifest
     except FileNotFoundError:
-        raise UsageError(f"manifest {manifest} does not exist", "give a manifest path or - for stdin") from None
+        raise UsageError(
+            f"manifest {manifest} does not exist", "give a manifest path or - for stdin"
+        ) from None
     except UnicodeDecodeError:
         raise UsageError(f"manifest {manifest} is not UTF-8 text") from None
     except OSError as exc:

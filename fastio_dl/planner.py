@@ -103,8 +103,12 @@ class Planner:
     claimed: dict[str, tuple[str, str]] = field(default_factory=dict)
     folded: dict[str, str] = field(default_factory=dict)  # casefolded path -> claimed path
     _next_key: int = 0
-    _details_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DETAILS_CONCURRENCY))
-    _list_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(LIST_CONCURRENCY))
+    _details_gate: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(DETAILS_CONCURRENCY)
+    )
+    _list_gate: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(LIST_CONCURRENCY)
+    )
 
     async def run(self, targets: list[Target]) -> None:
         """Plan every target, then put ``None`` to say the plan is complete."""
@@ -113,11 +117,15 @@ class Planner:
             by_context: dict[tuple[str, str], list[Target]] = {}
             for target in targets:
                 if target.ref.node not in ("root", "trash"):
-                    by_context.setdefault((target.ref.context, target.ref.context_id), []).append(target)
+                    by_context.setdefault((target.ref.context, target.ref.context_id), []).append(
+                        target
+                    )
             jobs = [self._walk_root(t) for t in roots]
             for (context, context_id), group in by_context.items():
                 for start in range(0, len(group), BULK_DETAILS_MAX):
-                    jobs.append(self._resolve(context, context_id, group[start : start + BULK_DETAILS_MAX]))
+                    jobs.append(
+                        self._resolve(context, context_id, group[start : start + BULK_DETAILS_MAX])
+                    )
             await _gather_all(jobs)
         finally:
             await self.out.put(None)
@@ -129,7 +137,9 @@ class Planner:
             other = self.claimed.get(path_key)
             if other == owner:
                 return  # the same file asked for twice: fetch it once
-            sanitised = entry.target.dest is None and safe_name(entry.remote.name) != entry.remote.name
+            sanitised = (
+                entry.target.dest is None and safe_name(entry.remote.name) != entry.remote.name
+            )
             if other is None or sanitised:
                 # Different remote names that became one local name (by case or by sanitising)
                 # are told apart deterministically; identical remote names are a real collision.
@@ -167,7 +177,9 @@ class Planner:
     async def _resolve(self, context: str, context_id: str, group: list[Target]) -> None:
         async with self._details_gate:
             try:
-                nodes, errors = await self.client.details(context, context_id, [t.ref.node for t in group])
+                nodes, errors = await self.client.details(
+                    context, context_id, [t.ref.node for t in group]
+                )
             except AuthError:
                 raise
             except FastioDlError as exc:
@@ -180,7 +192,9 @@ class Planner:
             node = by_id.get(target.ref.node)
             if node is None:
                 why = errors.get(target.ref.node, "not found")
-                await self._emit(PlanFailure(target, target.ref.node, None, f"node {target.ref.node}: {why}"))
+                await self._emit(
+                    PlanFailure(target, target.ref.node, None, f"node {target.ref.node}: {why}")
+                )
                 continue
             kind = str(node.get("type", "file")).lower()
             name = str(node.get("name") or target.ref.node)
@@ -204,7 +218,9 @@ class Planner:
         else:
             remote = remote_file(context, context_id, node)
             if remote.size < 0:
-                await self._emit(PlanFailure(target, node_id, relpath, "the API gave no size for this file"))
+                await self._emit(
+                    PlanFailure(target, node_id, relpath, "the API gave no size for this file")
+                )
             else:
                 await self._emit(PlanItem(target, remote, relpath))
 
@@ -212,7 +228,9 @@ class Planner:
         base = target.dest if target.dest is not None else Path()
         await self._walk(target, target.ref.context, target.ref.context_id, target.ref.node, base)
 
-    async def _walk(self, target: Target, context: str, context_id: str, folder: str, base: Path) -> None:
+    async def _walk(
+        self, target: Target, context: str, context_id: str, folder: str, base: Path
+    ) -> None:
         subfolders: list[tuple[str, Path]] = []
         try:
             async with self._list_gate:
@@ -240,7 +258,12 @@ class Planner:
         )
 
     async def _complete(
-        self, target: Target, context: str, context_id: str, base: Path, partial: list[Mapping[str, Any]]
+        self,
+        target: Target,
+        context: str,
+        context_id: str,
+        base: Path,
+        partial: list[Mapping[str, Any]],
     ) -> None:
         """Some builds list files without hash/version: ask bulk details for those."""
         for start in range(0, len(partial), BULK_DETAILS_MAX):
@@ -252,9 +275,15 @@ class Planner:
             for node in nodes:
                 node_id = _norm(str(node.get("id", "")))
                 name = names.get(node_id, str(node.get("name")))
-                await self._file_entry(target, context, context_id, node, base / safe_relpath([name]))
+                await self._file_entry(
+                    target, context, context_id, node, base / safe_relpath([name])
+                )
             for node_id, why in errors.items():
-                await self._emit(PlanFailure(target, node_id, base / safe_relpath([names.get(node_id, node_id)]), why))
+                await self._emit(
+                    PlanFailure(
+                        target, node_id, base / safe_relpath([names.get(node_id, node_id)]), why
+                    )
+                )
 
 
 async def _gather_all(jobs: list[Any]) -> None:

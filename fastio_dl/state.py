@@ -70,9 +70,19 @@ class State:
     def put(self, record: Record) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (record.path, record.node_id, record.context, record.context_id, record.version,
-             record.hash, record.hash_algo, record.size, record.local_size, record.local_mtime_ns,
-             time.time()),
+            (
+                record.path,
+                record.node_id,
+                record.context,
+                record.context_id,
+                record.version,
+                record.hash,
+                record.hash_algo,
+                record.size,
+                record.local_size,
+                record.local_mtime_ns,
+                time.time(),
+            ),
         )
         self._cache[record.path] = record
 

@@ -1,11 +1,13 @@
 """The transfer engine: a bounded pipeline from plan to verified files.
 
     planner ──plan queue──> prepare workers ──ready queue──> download workers
-    (details, listings)      (local check, disk space,        (stream into .part, verify,
-                              read token just in time)          fsync, atomic rename)
+    (details, listings)      (local check, disk space,        (stream into .part or memory,
+                              read token if in token mode)      verify, fsync, atomic rename)
 
-The ready queue holds at most ``concurrency`` entries, so read tokens are minted shortly before
-use and API round trips overlap the transfers instead of stealing their slots.
+The ready queue holds at most ``concurrency`` entries, so read tokens (``--read-mode token``)
+are minted shortly before use and API round trips overlap the transfers instead of stealing
+their slots. Download workers are twice ``concurrency``; only the network part of a transfer
+holds one of the ``concurrency`` slots, so verifying and writing overlap the next read.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,11 +45,11 @@ from fastio_dl.events import (
 )
 from fastio_dl.planner import PlanEntry, PlanFailure, PlanItem, Planner, PlanSkip, Target
 from fastio_dl.storage import (
+    DiskSpace,
     MemoryPart,
     PartFile,
-    PathGuard,
     PartMeta,
-    DiskSpace,
+    PathGuard,
     matches_local,
     new_hasher,
     part_path,
@@ -86,7 +87,7 @@ class GetPolicy:
         self.no_clobber = no_clobber
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
-        if not final.exists():
+        if not final.exists():  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
             return Decision()
         remote = item.remote
         if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
@@ -111,10 +112,6 @@ class Outcome:
     plan_failures: int = 0  # references or folders that could not be resolved completely
     planned_paths: set[str] = field(default_factory=set)  # every local path this run claimed
     signal: int | None = None  # the signal that interrupted the run
-
-
-class StopRun(Exception):
-    """Raised inside workers to unwind when the run must end (402, auth, interrupt)."""
 
 
 class Engine:
@@ -196,7 +193,9 @@ class Engine:
         for result in results:
             if isinstance(result, FastioDlError):
                 self._fatal(result)
-            elif isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            elif isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError
+            ):
                 raise result
         self.reporter.emit(
             RunSummary(
@@ -224,14 +223,19 @@ class Engine:
             if not isinstance(entry, PlanItem):
                 self.reporter.emit(FileQueued(0, str(self.dest / (entry.relpath or Path())), 0))
             if isinstance(entry, PlanSkip):
-                self._finish(entry.target, entry.node_id, entry.relpath, "skipped", 0, 0,
-                             reason=entry.reason)
+                self._finish(
+                    entry.target, entry.node_id, entry.relpath, "skipped", 0, 0, reason=entry.reason
+                )
                 continue
             if isinstance(entry, PlanFailure):
                 self.outcome.plan_failures += 1
-                self._finish(entry.target, entry.node_id, entry.relpath, "failed", 0, 0, error=entry.error)
+                self._finish(
+                    entry.target, entry.node_id, entry.relpath, "failed", 0, 0, error=entry.error
+                )
                 continue
-            if self.settings.shard is not None and not in_shard(entry.remote.node_id, self.settings.shard):
+            if self.settings.shard is not None and not in_shard(
+                entry.remote.node_id, self.settings.shard
+            ):
                 continue  # another host's file (--shard)
             final = self.dest / entry.relpath
             self.reporter.emit(FileQueued(entry.key, str(final), entry.remote.size))
@@ -240,23 +244,41 @@ class Engine:
                 continue
             try:
                 if entry.relpath.parts and entry.relpath.parts[0] == STATE_DIR:
-                    raise TransferError(f"{STATE_DIR} is reserved for fastio-dl's own state; "
-                                        "give this file another DEST in a manifest")
+                    raise TransferError(
+                        f"{STATE_DIR} is reserved for fastio-dl's own state; "
+                        "give this file another DEST in a manifest"
+                    )
                 self.guard.check(final)
                 decision = await self.policy.decide(entry, final)
                 if decision.skip_reason:
                     await _drop_leftovers(final)
-                    self._finish(entry.target, entry.remote.node_id, entry.relpath, "skipped",
-                                 entry.remote.size, 0, reason=decision.skip_reason, key=entry.key)
+                    self._finish(
+                        entry.target,
+                        entry.remote.node_id,
+                        entry.relpath,
+                        "skipped",
+                        entry.remote.size,
+                        0,
+                        reason=decision.skip_reason,
+                        key=entry.key,
+                    )
                     continue
                 if self.dry_run:
                     verb = "replace" if decision.replace else "download"
-                    self._finish(entry.target, entry.remote.node_id, entry.relpath, "skipped",
-                                 entry.remote.size, 0, reason=f"dry run: would {verb}", key=entry.key)
+                    self._finish(
+                        entry.target,
+                        entry.remote.node_id,
+                        entry.relpath,
+                        "skipped",
+                        entry.remote.size,
+                        0,
+                        reason=f"dry run: would {verb}",
+                        key=entry.key,
+                    )
                     continue
                 self._reserve(entry, final)
                 token = await self._mint(entry)
-            except (AuthError, StopRun):
+            except AuthError:
                 raise
             except FastioDlError as exc:
                 self._fail(entry, final, self.client.redact(str(exc)))
@@ -305,7 +327,9 @@ class Engine:
                 await self.policy.record(item, final)
             except asyncio.CancelledError:
                 if self.outcome.interrupted:
-                    self._fail(item, final, "interrupted; the partial file is kept for the next run")
+                    self._fail(
+                        item, final, "interrupted; the partial file is kept for the next run"
+                    )
                 raise
             except AuthError as exc:  # 402: the whole run stops
                 self._fail(item, final, str(exc))
@@ -327,8 +351,16 @@ class Engine:
             finally:
                 self._release(item)
             reason = "replaced" if decision.replace else None
-            self._finish(item.target, item.remote.node_id, item.relpath, "downloaded",
-                         item.remote.size, transferred, reason=reason, key=item.key)
+            self._finish(
+                item.target,
+                item.remote.node_id,
+                item.relpath,
+                "downloaded",
+                item.remote.size,
+                transferred,
+                reason=reason,
+                key=item.key,
+            )
 
     # ------------------------------------------------------------------ one file
     async def _fetch(self, item: PlanItem, final: Path, token: str | None) -> int:
@@ -354,8 +386,13 @@ class Engine:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
             wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
             self.reporter.emit(
-                FileRetry(item.key, str(final), retry_state.attempt_number,
-                          self.client.redact(str(exc)), round(wait, 2))
+                FileRetry(
+                    item.key,
+                    str(final),
+                    retry_state.attempt_number,
+                    self.client.redact(str(exc)),
+                    round(wait, 2),
+                )
             )
 
         try:
@@ -386,7 +423,9 @@ class Engine:
             raise
         return state.transferred
 
-    async def _attempt(self, item: PlanItem, part: Part, state: _FetchState, first: int | None) -> None:
+    async def _attempt(
+        self, item: PlanItem, part: Part, state: _FetchState, first: int | None
+    ) -> None:
         remote = item.remote
         offset = part.offset if first is None else first
         if not part.is_open or first is not None:
@@ -421,7 +460,9 @@ class Engine:
             self.settings.segment_threshold, self.settings.segments
         )
 
-    async def _fetch_segmented(self, item: PlanItem, final: Path, part: PartFile, token: str | None) -> int:
+    async def _fetch_segmented(
+        self, item: PlanItem, final: Path, part: PartFile, token: str | None
+    ) -> int:
         """Fetch ``--segments`` byte ranges at once into one preallocated ``.part``.
 
         Each segment resumes and retries on its own; the sidecar records each one's progress.
@@ -440,7 +481,9 @@ class Engine:
             await part.open_segmented(segments, fresh=saved is None)
             hashed = 0
             tasks = [
-                asyncio.create_task(self._fetch_segment(item, final, part, seg, segments, state, changed))
+                asyncio.create_task(
+                    self._fetch_segment(item, final, part, seg, segments, state, changed)
+                )
                 for seg in segments
                 if seg[0] + seg[2] <= seg[1]
             ]
@@ -457,8 +500,10 @@ class Engine:
                     if failed:
                         raise failed[0].exception()  # type: ignore[misc]
                     waiter = asyncio.ensure_future(changed.wait())
-                    await asyncio.wait([waiter, *[t for t in tasks if not t.done()]],
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        [waiter, *[t for t in tasks if not t.done()]],
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                     waiter.cancel()
                 await asyncio.gather(*tasks)
             except BaseException:
@@ -503,9 +548,15 @@ class Engine:
         def before_sleep(retry_state: RetryCallState) -> None:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
             wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-            self.reporter.emit(FileRetry(item.key, f"{final} [bytes {seg[0]}-{seg[1]}]",
-                                         retry_state.attempt_number, self.client.redact(str(exc)),
-                                         round(wait, 2)))
+            self.reporter.emit(
+                FileRetry(
+                    item.key,
+                    f"{final} [bytes {seg[0]}-{seg[1]}]",
+                    retry_state.attempt_number,
+                    self.client.redact(str(exc)),
+                    round(wait, 2),
+                )
+            )
 
         async for attempt in self.retry.retrying(before_sleep):
             with attempt:
@@ -514,19 +565,29 @@ class Engine:
                     return
                 try:
                     async with self.client.open_read(
-                        remote.context, remote.context_id, remote.node_id, token=state.token,
-                        start=start, end=seg[1],
+                        remote.context,
+                        remote.context_id,
+                        remote.node_id,
+                        token=state.token,
+                        start=start,
+                        end=seg[1],
                     ) as stream:
                         cr = stream.content_range
                         if stream.status != 206 or cr is None:
                             raise RangeUnsupportedError("the server ignores Range")
                         if cr.start != start:
-                            raise ShortReadError(f"asked for bytes from {start}, got from {cr.start}")
-                        await self._stream_segment(item, part, seg, segments, stream, state, changed)
+                            raise ShortReadError(
+                                f"asked for bytes from {start}, got from {cr.start}"
+                            )
+                        await self._stream_segment(
+                            item, part, seg, segments, stream, state, changed
+                        )
                 except ApiError as exc:
                     await self._after_read_error(item, state, exc)
                 if seg[0] + seg[2] <= seg[1]:
-                    raise ShortReadError(f"range ended after {seg[2]} of {seg[1] - seg[0] + 1} bytes")
+                    raise ShortReadError(
+                        f"range ended after {seg[2]} of {seg[1] - seg[0] + 1} bytes"
+                    )
 
     async def _stream_segment(
         self,
@@ -584,7 +645,9 @@ class Engine:
             self.reporter.emit(FileProgress(item.key, -part.offset))
         await part.open(0)
 
-    async def _stream(self, item: PlanItem, part: Part, stream: ReadStream, state: _FetchState) -> None:
+    async def _stream(
+        self, item: PlanItem, part: Part, stream: ReadStream, state: _FetchState
+    ) -> None:
         size = item.remote.size
         batch: list[bytes] = []
         batched = 0
@@ -613,8 +676,16 @@ class Engine:
 
     # ------------------------------------------------------------------ accounting
     def _fail(self, item: PlanItem, final: Path, error: str) -> None:
-        self._finish(item.target, item.remote.node_id, item.relpath, "failed", item.remote.size, 0,
-                     error=error, key=item.key)
+        self._finish(
+            item.target,
+            item.remote.node_id,
+            item.relpath,
+            "failed",
+            item.remote.size,
+            0,
+            error=error,
+            key=item.key,
+        )
 
     def _finish(
         self,
@@ -714,6 +785,3 @@ class _FetchState:
     token: str | None
     refreshed: bool = False
     transferred: int = 0
-
-
-Runner = Callable[[list[Target]], Awaitable[Outcome]]

@@ -39,7 +39,9 @@ class VerifyReport:
         return not (self.missing or self.changed or self.extra or self.unresolved)
 
 
-async def expected_from_targets(client: FastioClient, targets: list[Target]) -> tuple[dict[str, Expected], list[str]]:
+async def expected_from_targets(
+    client: FastioClient, targets: list[Target]
+) -> tuple[dict[str, Expected], list[str]]:
     """Resolve a manifest to {local path: size and hash} with the same planner as ``sync``."""
     queue: asyncio.Queue[PlanEntry | None] = asyncio.Queue()
     planner = Planner(client, queue)
@@ -49,7 +51,9 @@ async def expected_from_targets(client: FastioClient, targets: list[Target]) -> 
     while (entry := await queue.get()) is not None:
         if isinstance(entry, PlanItem):
             remote = entry.remote
-            expected[entry.relpath.as_posix()] = Expected(remote.size, remote.hash, remote.hash_algo)
+            expected[entry.relpath.as_posix()] = Expected(
+                remote.size, remote.hash, remote.hash_algo
+            )
         elif isinstance(entry, PlanFailure):
             unresolved.append(f"{entry.target.ref.text}: {entry.error}")
     await task
@@ -95,7 +99,9 @@ def _check(dest: Path, relpath: str, expected: Expected) -> tuple[str, str | Non
 def compare(dest: Path, expected: dict[str, Expected]) -> VerifyReport:
     report = VerifyReport()
     with ThreadPoolExecutor(HASH_THREADS) as pool:
-        results = pool.map(lambda item: (item[0], _check(dest, item[0], item[1])), sorted(expected.items()))
+        results = pool.map(
+            lambda item: (item[0], _check(dest, item[0], item[1])), sorted(expected.items())
+        )
         for relpath, (status, detail) in results:
             if status == "ok":
                 report.ok.append(relpath)

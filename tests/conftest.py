@@ -57,8 +57,13 @@ class Served:
     def ws(self) -> str:
         return self.space.id
 
-    def cli(self, *args: str, token: str | None = DEFAULT_TOKEN, input: str | None = None,
-            fast_retries: bool = True) -> CliResult:
+    def cli(
+        self,
+        *args: str,
+        token: str | None = DEFAULT_TOKEN,
+        input: str | None = None,
+        fast_retries: bool = True,
+    ) -> CliResult:
         argv = list(args)
         if argv and argv[0] in ("get", "sync"):
             argv += ["--api-base", self.server.api_base, "--progress", "plain"]
@@ -90,7 +95,9 @@ def make_served() -> Iterator[Any]:
     servers: list[EmulatorThread] = []
 
     def factory(spec: DatasetSpec | None = None, **kwargs: Any) -> Served:
-        emulator, space = build(spec or DatasetSpec(files=20, depth=1, fanout=2, max_size=32 * 1024), **kwargs)
+        emulator, space = build(
+            spec or DatasetSpec(files=20, depth=1, fanout=2, max_size=32 * 1024), **kwargs
+        )
         server = EmulatorThread(emulator).start()
         servers.append(server)
         return Served(server, emulator, space)

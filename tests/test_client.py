@@ -52,14 +52,27 @@ async def script(aiohttp_server: Callable[..., Awaitable[Any]]) -> Script:
 
 
 def settings(base: str, **kw: object) -> Settings:
-    return Settings(api_base=base, token=Secret("secret-token-123"), retries=2, backoff_initial=0.0,
-                    max_retry_wait=0.01, **kw)  # type: ignore[arg-type]
+    return Settings(
+        api_base=base,
+        token=Secret("secret-token-123"),
+        retries=2,
+        backoff_initial=0.0,
+        max_retry_wait=0.01,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 async def test_envelope_variants_and_bulk_details(script: Script) -> None:
-    script.get(payload={"result": "yes", "response": {"format": "multi",
-             "nodes": [{"id": A, "name": "a", "type": "file"}],
-             "errors": [{"node_id": B, "code": 1404, "message": "Node not found"}]}})
+    script.get(
+        payload={
+            "result": "yes",
+            "response": {
+                "format": "multi",
+                "nodes": [{"id": A, "name": "a", "type": "file"}],
+                "errors": [{"node_id": B, "code": 1404, "message": "Node not found"}],
+            },
+        }
+    )
     async with FastioClient.open(settings(script.base), max_connections=4) as client:
         nodes, errors = await client.details("workspace", WS, [A, B])
     assert script.paths == [f"/current/workspace/{WS}/storage/{A},{B}/details/"]
@@ -68,8 +81,15 @@ async def test_envelope_variants_and_bulk_details(script: Script) -> None:
 
 
 async def test_bulk_details_404_with_body_is_not_an_exception(script: Script) -> None:
-    script.get(status=404, payload={"result": False, "format": "multi",
-             "nodes": [], "errors": [{"node_id": A, "code": 1404, "message": "gone"}]})
+    script.get(
+        status=404,
+        payload={
+            "result": False,
+            "format": "multi",
+            "nodes": [],
+            "errors": [{"node_id": A, "code": 1404, "message": "gone"}],
+        },
+    )
     async with FastioClient.open(settings(script.base), max_connections=4) as client:
         nodes, errors = await client.details("workspace", WS, [A])
     assert nodes == [] and errors == {A: "gone"}
@@ -138,5 +158,7 @@ def test_status_mapping() -> None:
         assert map_http_error(status, {}, None, "x").retryable  # type: ignore[union-attr]
     for status in (400, 404, 409, 422):
         assert not map_http_error(status, {}, None, "x").retryable  # type: ignore[union-attr]
-    flat = map_http_error(404, {}, {"result": False, "error_message": "No such node", "error_id": 4}, "x")
+    flat = map_http_error(
+        404, {}, {"result": False, "error_message": "No such node", "error_id": 4}, "x"
+    )
     assert "No such node" in str(flat)

@@ -14,7 +14,9 @@ def test_tree_of_1000_files_arrives_byte_identical(make_served, tmp_path: Path) 
     served: Served = make_served(
         DatasetSpec(files=1000, depth=3, fanout=3, min_size=0, max_size=8 * 1024, notes=2, links=1)
     )
-    result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path / "out"), "-j", "16", "--json")
+    result = served.cli(
+        "get", f"ws:{served.ws}/root", "-d", str(tmp_path / "out"), "-j", "16", "--json"
+    )
     assert result.exit_code == 0, result.stderr
     assert tree_digests(tmp_path / "out") == served.expected()
     summary = result.summary()
@@ -30,14 +32,21 @@ def test_tree_of_1000_files_arrives_byte_identical(make_served, tmp_path: Path) 
 
 
 def test_faults_switched_on_every_file_still_arrives(make_served, tmp_path: Path) -> None:
-    served: Served = make_served(DatasetSpec(files=120, depth=2, fanout=2, min_size=20_000, max_size=200_000))
-    served.server.call(lambda: served.emulator.set_faults([
-        Fault("drop", after_bytes=5_000, probability=0.2),
-        Fault("server_error", endpoint="any", status=503, probability=0.1),
-        Fault("rate_limit", endpoint="any", probability=0.1, retry_after=0.01),
-    ]))
-    result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path), "-j", "8",
-                        "--retries", "12", "--json")
+    served: Served = make_served(
+        DatasetSpec(files=120, depth=2, fanout=2, min_size=20_000, max_size=200_000)
+    )
+    served.server.call(
+        lambda: served.emulator.set_faults(
+            [
+                Fault("drop", after_bytes=5_000, probability=0.2),
+                Fault("server_error", endpoint="any", status=503, probability=0.1),
+                Fault("rate_limit", endpoint="any", probability=0.1, retry_after=0.01),
+            ]
+        )
+    )
+    result = served.cli(
+        "get", f"ws:{served.ws}/root", "-d", str(tmp_path), "-j", "8", "--retries", "12", "--json"
+    )
     assert result.exit_code == 0, result.stderr
     assert tree_digests(tmp_path) == served.expected()
     counters = served.emulator.counters
@@ -49,7 +58,9 @@ def test_faults_switched_on_every_file_still_arrives(make_served, tmp_path: Path
 def test_wrong_bytes_never_produce_a_final_file(served: Served, tmp_path: Path) -> None:
     node = next(iter(served.space.files()))
     served.server.call(lambda: served.emulator.set_faults([Fault("wrong_bytes", after_bytes=0)]))
-    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--retries", "2", "--json")
+    result = served.cli(
+        "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--retries", "2", "--json"
+    )
     assert result.exit_code == 1
     record = result.files()[0]
     assert record["status"] == "failed" and "mismatch" in record["error"]
@@ -83,7 +94,9 @@ def test_wrong_token_exit_3(served: Served, tmp_path: Path) -> None:
 
 
 def test_hostile_remote_name_lands_inside_dest(served: Served, tmp_path: Path) -> None:
-    node = served.server.call(lambda: served.space.add_file("root", "../../x", BytesBlob(b"escape")))
+    node = served.server.call(
+        lambda: served.space.add_file("root", "../../x", BytesBlob(b"escape"))
+    )
     dest = tmp_path / "a" / "b" / "dest"
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(dest))
     assert result.exit_code == 0, result.stderr
@@ -115,11 +128,15 @@ def test_refs_from_stdin_and_json_results(served: Served, tmp_path: Path) -> Non
     assert set(result.summary()) == {"event", "downloaded", "skipped", "failed", "bytes", "seconds"}
 
 
-def test_changed_local_file_is_replaced_and_no_clobber_keeps_it(served: Served, tmp_path: Path) -> None:
+def test_changed_local_file_is_replaced_and_no_clobber_keeps_it(
+    served: Served, tmp_path: Path
+) -> None:
     node = next(n for n in served.space.files() if n.blob.size > 10)
     path = tmp_path / node.name
     path.write_bytes(b"local edit")
-    kept = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--no-clobber", "--json")
+    kept = served.cli(
+        "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--no-clobber", "--json"
+    )
     assert kept.exit_code == 0 and kept.files()[0]["status"] == "skipped"
     assert path.read_bytes() == b"local edit"
     replaced = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json")
@@ -128,7 +145,9 @@ def test_changed_local_file_is_replaced_and_no_clobber_keeps_it(served: Served, 
 
 
 def test_folder_reference_lands_under_its_name(served: Served, tmp_path: Path) -> None:
-    folder = next(n for n in served.space.nodes.values() if n.type == "folder" and n.parent == "root")
+    folder = next(
+        n for n in served.space.nodes.values() if n.type == "folder" and n.parent == "root"
+    )
     url = f"https://acme.fast.io/workspace/{served.ws}-general/storage/{folder.id}"
     result = served.cli("get", url, "-d", str(tmp_path), "--json")
     assert result.exit_code == 0, result.stderr
@@ -139,8 +158,9 @@ def test_folder_reference_lands_under_its_name(served: Served, tmp_path: Path) -
 def test_read_token_expired_mints_one_fresh_token(served: Served, tmp_path: Path) -> None:
     node = next(iter(served.space.files()))
     served.server.call(lambda: served.emulator.set_faults([Fault("expire_token", times=1)]))
-    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json",
-                        "--read-mode", "token")
+    result = served.cli(
+        "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json", "--read-mode", "token"
+    )
     assert result.exit_code == 0, result.stderr
     assert served.stat("tokens_minted") == 2
     assert (tmp_path / node.name).read_bytes() == node.blob.read(0, node.blob.size)
@@ -151,14 +171,20 @@ def test_payment_required_stops_the_run(served: Served, tmp_path: Path) -> None:
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path))
     assert result.exit_code == 3
     assert "402" in result.stderr and "credits" in result.stderr
-    assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith((".part", ".json"))]
+    assert not [
+        p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith((".part", ".json"))
+    ]
 
 
 def test_name_collision_is_reported_not_overwritten(served: Served, tmp_path: Path) -> None:
     a = served.server.call(lambda: served.space.add_file("root", "same.txt", BytesBlob(b"first")))
     folder = served.server.call(lambda: served.space.add_folder("root", "sub"))
-    b = served.server.call(lambda: served.space.add_file(folder.id, "same.txt", BytesBlob(b"second")))
-    result = served.cli("get", f"ws:{served.ws}/{a.id}", f"ws:{served.ws}/{b.id}", "-d", str(tmp_path), "--json")
+    b = served.server.call(
+        lambda: served.space.add_file(folder.id, "same.txt", BytesBlob(b"second"))
+    )
+    result = served.cli(
+        "get", f"ws:{served.ws}/{a.id}", f"ws:{served.ws}/{b.id}", "-d", str(tmp_path), "--json"
+    )
     assert result.exit_code == 1
     statuses = sorted(f["status"] for f in result.files())
     assert statuses == ["downloaded", "failed"]
@@ -168,7 +194,9 @@ def test_name_collision_is_reported_not_overwritten(served: Served, tmp_path: Pa
 
 @pytest.mark.parametrize("size", [0, 1, 3 * 1024 * 1024 + 7])
 def test_sizes_including_empty_and_multi_chunk(served: Served, tmp_path: Path, size: int) -> None:
-    node = served.server.call(lambda: served.space.add_file("root", f"s{size}.bin", SeededBlob(size, size)))
+    node = served.server.call(
+        lambda: served.space.add_file("root", f"s{size}.bin", SeededBlob(size, size))
+    )
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / node.name).read_bytes() == node.blob.read(0, size)

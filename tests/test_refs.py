@@ -17,13 +17,28 @@ WS = "3867689418901071163"
         (f"ws:{WS}/root", "workspace", WS, "root"),
         (f"ws:{WS}", "workspace", WS, "root"),
         (f"share:myshare/{NODE.upper()}", "share", "myshare", NODE_NORM),
-        (f"https://acme.fast.io/workspace/{WS}-general/storage/{NODE_NORM}", "workspace", WS, NODE_NORM),
+        (
+            f"https://acme.fast.io/workspace/{WS}-general/storage/{NODE_NORM}",
+            "workspace",
+            WS,
+            NODE_NORM,
+        ),
         (f"https://acme.fast.io/workspace/{WS}/preview/{NODE}", "workspace", WS, NODE_NORM),
         (f"https://acme.fast.io/workspace/{WS}/storage/", "workspace", WS, "root"),
         ("https://go.fast.io/shared/quarterly/q3-files", "share", "quarterly", "root"),
         ("https://go.fast.io/shared/quarterly", "share", "quarterly", "root"),
-        (f"https://go.fast.io/shared/quarterly/q3-files/preview/{NODE}", "share", "quarterly", NODE_NORM),
-        (f"https://api.fast.io/current/workspace/{WS}/storage/{NODE}/details/", "workspace", WS, NODE_NORM),
+        (
+            f"https://go.fast.io/shared/quarterly/q3-files/preview/{NODE}",
+            "share",
+            "quarterly",
+            NODE_NORM,
+        ),
+        (
+            f"https://api.fast.io/current/workspace/{WS}/storage/{NODE}/details/",
+            "workspace",
+            WS,
+            NODE_NORM,
+        ),
         (f"http://127.0.0.1:8765/v1.0/share/{WS}/storage/root/list/", "share", WS, "root"),
     ],
 )
@@ -42,8 +57,18 @@ def test_bare_ids_need_a_default_context() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "hello", f"ws:{WS}/short", "ws:/x", f"ws:{WS}/{NODE}!", "https://example.com/nothing/here",
-     f"https://acme.fast.io/workspace/{WS}/preview/", "ftp://x", "share:bad name/root"],
+    [
+        "",
+        "   ",
+        "hello",
+        f"ws:{WS}/short",
+        "ws:/x",
+        f"ws:{WS}/{NODE}!",
+        "https://example.com/nothing/here",
+        f"https://acme.fast.io/workspace/{WS}/preview/",
+        "ftp://x",
+        "share:bad name/root",
+    ],
 )
 def test_malformed_references_name_themselves(text: str) -> None:
     with pytest.raises(UsageError) as info:

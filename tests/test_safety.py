@@ -35,7 +35,9 @@ def big_file(served: Served, name: str = "big.bin", size: int = SIZE, seed: int 
     return served.server.call(lambda: served.space.add_file("root", name, SeededBlob(seed, size)))
 
 
-def plant_part(dest: Path, node, keep: int, *, version: str | None = None, corrupt: bool = False) -> None:
+def plant_part(
+    dest: Path, node, keep: int, *, version: str | None = None, corrupt: bool = False
+) -> None:
     """Leave a .part and sidecar as an interrupted run would."""
     dest.mkdir(parents=True, exist_ok=True)
     final = dest / node.name
@@ -43,7 +45,9 @@ def plant_part(dest: Path, node, keep: int, *, version: str | None = None, corru
     if corrupt:
         data[10] ^= 0xFF
     part_path(final).write_bytes(bytes(data))
-    meta = PartMeta(node.id, version or node.version, node.blob.digest("sha256"), "sha256", node.blob.size)
+    meta = PartMeta(
+        node.id, version or node.version, node.blob.digest("sha256"), "sha256", node.blob.size
+    )
     sidecar_path(final).write_text(json.dumps(asdict(meta)))
 
 
@@ -60,11 +64,21 @@ def plant_part(dest: Path, node, keep: int, *, version: str | None = None, corru
         ("corrupt partial", None),
     ],
 )
-def test_resume_across_runs(served: Served, tmp_path: Path, scenario: str, expect_read: int | None) -> None:
+def test_resume_across_runs(
+    served: Served, tmp_path: Path, scenario: str, expect_read: int | None
+) -> None:
     node = big_file(served)
-    plant_part(tmp_path, node, 700_000, version="v-old" if scenario == "remote changed" else None,
-               corrupt=scenario == "corrupt partial")
-    faults = {"range ignored": [Fault("ignore_range")], "range shifted": [Fault("shift_range", times=1)]}
+    plant_part(
+        tmp_path,
+        node,
+        700_000,
+        version="v-old" if scenario == "remote changed" else None,
+        corrupt=scenario == "corrupt partial",
+    )
+    faults = {
+        "range ignored": [Fault("ignore_range")],
+        "range shifted": [Fault("shift_range", times=1)],
+    }
     served.server.call(lambda: served.emulator.set_faults(faults.get(scenario, [])))
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json")
     assert result.exit_code == 0, result.stderr
@@ -72,17 +86,23 @@ def test_resume_across_runs(served: Served, tmp_path: Path, scenario: str, expec
     assert sorted(p.name for p in tmp_path.iterdir()) == [node.name]
     if expect_read is not None:
         assert served.stat("read_bytes") == expect_read
-    ranges = [r["headers"].get("Range") for r in served.emulator.requests if r["endpoint"] == "read"]
+    ranges = [
+        r["headers"].get("Range") for r in served.emulator.requests if r["endpoint"] == "read"
+    ]
     assert ranges[0] == (None if scenario == "remote changed" else "bytes=700000-")
 
 
 def test_broken_read_resumes_from_current_offset(served: Served, tmp_path: Path) -> None:
     node = big_file(served)
-    served.server.call(lambda: served.emulator.set_faults([Fault("drop", after_bytes=600_000, times=1)]))
+    served.server.call(
+        lambda: served.emulator.set_faults([Fault("drop", after_bytes=600_000, times=1)])
+    )
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--json")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / node.name).read_bytes() == node.blob.read(0, SIZE)
-    ranges = [r["headers"].get("Range") for r in served.emulator.requests if r["endpoint"] == "read"]
+    ranges = [
+        r["headers"].get("Range") for r in served.emulator.requests if r["endpoint"] == "read"
+    ]
     assert ranges[0] is None and ranges[1] is not None and ranges[1] != "bytes=0-"
     assert served.stat("read_bytes") < SIZE + 600_000
 
@@ -92,9 +112,25 @@ def test_broken_read_resumes_from_current_offset(served: Served, tmp_path: Path)
 
 def _spawn_get(served: Served, dest: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "fastio_dl", "get", f"ws:{served.ws}/root", "-d", str(dest),
-         "--api-base", served.server.api_base, "--token", DEFAULT_TOKEN, "--progress", "plain", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fastio_dl",
+            "get",
+            f"ws:{served.ws}/root",
+            "-d",
+            str(dest),
+            "--api-base",
+            served.server.api_base,
+            "--token",
+            DEFAULT_TOKEN,
+            "--progress",
+            "plain",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -109,9 +145,20 @@ def _wait_for_partials(dest: Path, count: int, min_bytes: int, timeout: float = 
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_keeps_partials_and_next_run_finishes(make_served, tmp_path: Path, signum: int, code: int) -> None:
-    served: Served = make_served(DatasetSpec(files=3, depth=0, min_size=1_500_000, max_size=1_500_000,
-                                             odd_names=False, notes=0, links=0))
+def test_signal_keeps_partials_and_next_run_finishes(
+    make_served, tmp_path: Path, signum: int, code: int
+) -> None:
+    served: Served = make_served(
+        DatasetSpec(
+            files=3,
+            depth=0,
+            min_size=1_500_000,
+            max_size=1_500_000,
+            odd_names=False,
+            notes=0,
+            links=0,
+        )
+    )
     served.emulator.switches.bandwidth = 1_000_000
     proc = _spawn_get(served, tmp_path, "-j", "3")
     _wait_for_partials(tmp_path, 3, 0)
@@ -136,7 +183,9 @@ def test_signal_keeps_partials_and_next_run_finishes(make_served, tmp_path: Path
 
 def test_sigkill_then_rerun_leaves_no_partial(make_served, tmp_path: Path) -> None:
     # Mixed sizes: small files (verified in memory) finish while large ones are mid-write.
-    served: Served = make_served(DatasetSpec(files=12, depth=1, fanout=2, min_size=100_000, max_size=2_500_000))
+    served: Served = make_served(
+        DatasetSpec(files=12, depth=1, fanout=2, min_size=100_000, max_size=2_500_000)
+    )
     served.emulator.switches.bandwidth = 3_000_000
     proc = _spawn_get(served, tmp_path, "-j", "4")
     deadline = time.monotonic() + 20
@@ -155,7 +204,9 @@ def test_sigkill_then_rerun_leaves_no_partial(make_served, tmp_path: Path) -> No
 # ----------------------------------------------------------------------------- disk
 
 
-def test_not_enough_space_fails_the_file_with_sizes(served: Served, tmp_path: Path, monkeypatch) -> None:
+def test_not_enough_space_fails_the_file_with_sizes(
+    served: Served, tmp_path: Path, monkeypatch
+) -> None:
     node = big_file(served)
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=500_000))
@@ -170,8 +221,11 @@ def test_not_enough_space_fails_the_file_with_sizes(served: Served, tmp_path: Pa
 def tiny_fs(tmp_path: Path):
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
     yield mount
@@ -181,13 +235,24 @@ def tiny_fs(tmp_path: Path):
 def test_disk_full_mid_file_stops_new_files_and_never_leaves_a_bad_final(
     make_served, tiny_fs: Path
 ) -> None:
-    served: Served = make_served(DatasetSpec(files=6, depth=0, min_size=1_500_000, max_size=1_500_000,
-                                             odd_names=False, notes=0, links=0))
+    served: Served = make_served(
+        DatasetSpec(
+            files=6,
+            depth=0,
+            min_size=1_500_000,
+            max_size=1_500_000,
+            odd_names=False,
+            notes=0,
+            links=0,
+        )
+    )
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tiny_fs), "-j", "2", "--json")
     assert result.exit_code == 1
     files = result.files()
     failed = [f for f in files if f["status"] == "failed"]
-    assert failed and any("disk full" in f["error"] or "not enough disk space" in f["error"] for f in failed)
+    assert failed and any(
+        "disk full" in f["error"] or "not enough disk space" in f["error"] for f in failed
+    )
     expected = {n.name: n.blob.digest("sha256") for n in served.space.files()}
     for name, digest in tree_digests(tiny_fs).items():
         if not name.endswith((".part", ".part.json")):
@@ -200,8 +265,20 @@ def test_disk_full_mid_file_stops_new_files_and_never_leaves_a_bad_final(
 
 
 def test_hostile_names_stay_inside_and_stay_distinct(served: Served, tmp_path: Path) -> None:
-    names = ["..", ".", "a/b", "a\\b", "CON", "nul.txt", "x" * 300 + ".bin", "Case.txt", "case.txt",
-             "bell\x07.txt", " spaced ", "trailing..."]
+    names = [
+        "..",
+        ".",
+        "a/b",
+        "a\\b",
+        "CON",
+        "nul.txt",
+        "x" * 300 + ".bin",
+        "Case.txt",
+        "case.txt",
+        "bell\x07.txt",
+        " spaced ",
+        "trailing...",
+    ]
 
     def add():
         folder = served.space.add_folder("root", "hostile")
@@ -239,14 +316,35 @@ def test_never_writes_through_a_symlink_leading_outside(served: Served, tmp_path
 
 @pytest.mark.parametrize("mode", ["plain", "json"])
 def test_no_token_ever_printed(make_served, tmp_path: Path, mode: str) -> None:
-    served: Served = make_served(DatasetSpec(files=15, depth=1, fanout=2, min_size=10_000, max_size=90_000))
-    served.server.call(lambda: served.emulator.set_faults([
-        Fault("expire_token", probability=0.3), Fault("drop", after_bytes=3000, probability=0.3),
-        Fault("server_error", endpoint="any", probability=0.1), Fault("wrong_bytes", times=2),
-    ]))
+    served: Served = make_served(
+        DatasetSpec(files=15, depth=1, fanout=2, min_size=10_000, max_size=90_000)
+    )
+    served.server.call(
+        lambda: served.emulator.set_faults(
+            [
+                Fault("expire_token", probability=0.3),
+                Fault("drop", after_bytes=3000, probability=0.3),
+                Fault("server_error", endpoint="any", probability=0.1),
+                Fault("wrong_bytes", times=2),
+            ]
+        )
+    )
     missing = "2" + "q" * 28
-    result = served.cli("get", f"ws:{served.ws}/root", f"ws:{served.ws}/{missing}", "-d", str(tmp_path),
-                        "--debug", "--json", "--retries", "1", "--progress", mode, "--read-mode", "token")
+    result = served.cli(
+        "get",
+        f"ws:{served.ws}/root",
+        f"ws:{served.ws}/{missing}",
+        "-d",
+        str(tmp_path),
+        "--debug",
+        "--json",
+        "--retries",
+        "1",
+        "--progress",
+        mode,
+        "--read-mode",
+        "token",
+    )
     assert result.exit_code == 1
     output = result.stdout + result.stderr
     minted = list(served.emulator.read_tokens)
@@ -267,7 +365,9 @@ def test_cross_origin_redirect_drops_authorization(served: Served, tmp_path: Pat
         node = next(iter(served.space.files()))
         for mode in ("bearer", "token"):
             out = tmp_path / mode
-            result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(out), "--read-mode", mode)
+            result = served.cli(
+                "get", f"ws:{served.ws}/{node.id}", "-d", str(out), "--read-mode", mode
+            )
             assert result.exit_code == 0, result.stderr
             assert (out / node.name).read_bytes() == node.blob.read(0, node.blob.size)
     origin_reads = [r for r in served.emulator.requests if r["endpoint"] == "read"]
@@ -277,7 +377,9 @@ def test_cross_origin_redirect_drops_authorization(served: Served, tmp_path: Pat
     assert all("Authorization" not in r["headers"] for r in cdn_reads)
 
 
-def test_tls_verified_by_default_and_ca_bundle_trusts_a_private_ca(tmp_path: Path, monkeypatch) -> None:
+def test_tls_verified_by_default_and_ca_bundle_trusts_a_private_ca(
+    tmp_path: Path, monkeypatch
+) -> None:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
@@ -292,7 +394,9 @@ def test_tls_verified_by_default_and_ca_bundle_trusts_a_private_ca(tmp_path: Pat
         assert refused.exit_code == 1
         assert "certificate" in refused.stderr.lower() and "--ca-bundle" in refused.stderr
         assert not (tmp_path / "a").exists() or not list((tmp_path / "a").iterdir())
-        trusted = served.cli("get", f"ws:{space.id}/root", "-d", str(tmp_path / "b"), "--ca-bundle", str(bundle))
+        trusted = served.cli(
+            "get", f"ws:{space.id}/root", "-d", str(tmp_path / "b"), "--ca-bundle", str(bundle)
+        )
         assert trusted.exit_code == 0, trusted.stderr
         monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
         via_env = served.cli("get", f"ws:{space.id}/root", "-d", str(tmp_path / "c"))

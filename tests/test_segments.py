@@ -20,7 +20,9 @@ SEG = ["--segments", "4", "--segment-threshold", "1M"]
 
 
 def add_big(served: Served, size: int = SIZE):
-    return served.server.call(lambda: served.space.add_file("root", "big.bin", SeededBlob(77, size)))
+    return served.server.call(
+        lambda: served.space.add_file("root", "big.bin", SeededBlob(77, size))
+    )
 
 
 def read_ranges(served: Served) -> list[str | None]:
@@ -41,14 +43,21 @@ def test_large_file_uses_ranged_segments(served: Served, tmp_path: Path) -> None
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, SIZE)
     assert sorted(read_ranges(served)) == sorted(
-        ["bytes=0-1500000", "bytes=1500001-3000001", "bytes=3000002-4500002", "bytes=4500003-6000000"]
+        [
+            "bytes=0-1500000",
+            "bytes=1500001-3000001",
+            "bytes=3000002-4500002",
+            "bytes=4500003-6000000",
+        ]
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
 
 
 def test_a_broken_segment_resumes_on_its_own(served: Served, tmp_path: Path) -> None:
     node = add_big(served)
-    served.server.call(lambda: served.emulator.set_faults([Fault("drop", after_bytes=300_000, times=2)]))
+    served.server.call(
+        lambda: served.emulator.set_faults([Fault("drop", after_bytes=300_000, times=2)])
+    )
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, SIZE)
@@ -59,7 +68,11 @@ def test_a_broken_segment_resumes_on_its_own(served: Served, tmp_path: Path) -> 
 @pytest.mark.parametrize("fault", ["ignore_range", "shift_range"])
 def test_range_trouble_falls_back_or_retries(served: Served, tmp_path: Path, fault: str) -> None:
     node = add_big(served)
-    served.server.call(lambda: served.emulator.set_faults([Fault(fault, times=None if fault == "ignore_range" else 1)]))
+    served.server.call(
+        lambda: served.emulator.set_faults(
+            [Fault(fault, times=None if fault == "ignore_range" else 1)]
+        )
+    )
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, SIZE)
@@ -68,8 +81,9 @@ def test_range_trouble_falls_back_or_retries(served: Served, tmp_path: Path, fau
 def test_wrong_bytes_in_a_segment_never_make_a_final_file(served: Served, tmp_path: Path) -> None:
     node = add_big(served)
     served.server.call(lambda: served.emulator.set_faults([Fault("wrong_bytes", after_bytes=1000)]))
-    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG, "--retries", "1",
-                        "--json")
+    result = served.cli(
+        "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG, "--retries", "1", "--json"
+    )
     assert result.exit_code == 1
     assert "mismatch" in result.files()[0]["error"]
     assert not (tmp_path / "big.bin").exists()
@@ -79,8 +93,22 @@ def test_killed_segmented_download_resumes_each_segment(served: Served, tmp_path
     node = add_big(served, 8_000_000)
     served.emulator.switches.bandwidth = 1_000_000
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastio_dl", "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path),
-         "--api-base", served.server.api_base, "--token", DEFAULT_TOKEN, "--progress", "none", *SEG],
+        [
+            sys.executable,
+            "-m",
+            "fastio_dl",
+            "get",
+            f"ws:{served.ws}/{node.id}",
+            "-d",
+            str(tmp_path),
+            "--api-base",
+            served.server.api_base,
+            "--token",
+            DEFAULT_TOKEN,
+            "--progress",
+            "none",
+            *SEG,
+        ],
     )
     sidecar = tmp_path / "big.bin.part.json"
     deadline = time.monotonic() + 20

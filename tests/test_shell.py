@@ -18,7 +18,7 @@ from aiohttp import ClientSession, web
 
 from fastio_dl import __version__
 from fastio_dl.cli import app
-from fastio_dl.emulator import DEFAULT_TOKEN, BytesBlob, DatasetSpec, SeededBlob
+from fastio_dl.emulator import DEFAULT_TOKEN, DatasetSpec, SeededBlob
 from fastio_dl.transfer import in_shard
 from tests.conftest import Served, tree_digests
 
@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # ----------------------------------------------------------------------------- configuration
 
 
-def test_precedence_flag_over_env_over_file_over_default(served: Served, tmp_path: Path, monkeypatch) -> None:
+def test_precedence_flag_over_env_over_file_over_default(
+    served: Served, tmp_path: Path, monkeypatch
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'dest = "{tmp_path / "from-file"}"\nconcurrency = 3\n[get]\nretries = 2\n')
     monkeypatch.setenv("FASTIO_DL_CONFIG", str(config))
@@ -42,7 +44,7 @@ def test_precedence_flag_over_env_over_file_over_default(served: Served, tmp_pat
     assert served.cli("get", ref, "-d", str(tmp_path / "from-flag")).exit_code == 0
     assert (tmp_path / "from-flag" / node.name).is_file()
     shown = served.cli("config", "show").stdout
-    assert f"dest = \"{tmp_path / 'from-env'}\"  (env FASTIO_DL_DEST)" in shown
+    assert f'dest = "{tmp_path / "from-env"}"  (env FASTIO_DL_DEST)' in shown
     assert f"concurrency = 3  (file {config})" in shown
     assert "retries = 2  (file" in shown
     assert "segments = 4  (default)" in shown
@@ -65,9 +67,15 @@ def test_token_sources_and_masking(served: Served, tmp_path: Path, monkeypatch) 
     ran = CliRunner().invoke(app, ["get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path / "a")])
     assert ran.exit_code == 0, ran.stderr  # token and api-base from the config file
     shown = CliRunner().invoke(app, ["config", "show"]).stdout
-    assert DEFAULT_TOKEN not in shown and f"****{DEFAULT_TOKEN[-4:]}" in shown and "(config file)" in shown
+    assert (
+        DEFAULT_TOKEN not in shown
+        and f"****{DEFAULT_TOKEN[-4:]}" in shown
+        and "(config file)" in shown
+    )
     monkeypatch.setenv("FASTIO_TOKEN", "env-token-wins")
-    denied = CliRunner().invoke(app, ["get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path / "b")])
+    denied = CliRunner().invoke(
+        app, ["get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path / "b")]
+    )
     assert denied.exit_code == 3  # the environment outranks the file
     assert "env-token-wins" not in denied.stderr
 
@@ -75,7 +83,9 @@ def test_token_sources_and_masking(served: Served, tmp_path: Path, monkeypatch) 
 def test_official_cli_credentials_are_read(served: Served, tmp_path: Path) -> None:
     creds = Path(os.environ["XDG_CONFIG_HOME"]) / "fastio-cli" / "credentials.json"
     creds.parent.mkdir(parents=True)
-    creds.write_text(json.dumps({"profiles": {"default": {"api_key": DEFAULT_TOKEN, "expires_at": None}}}))
+    creds.write_text(
+        json.dumps({"profiles": {"default": {"api_key": DEFAULT_TOKEN, "expires_at": None}}})
+    )
     node = next(iter(served.space.files()))
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), token=None)
     assert result.exit_code == 0, result.stderr
@@ -103,11 +113,15 @@ def test_bash_completes_commands_and_options() -> None:
         pytest.fail("fastio-dl is not installed next to this Python (pip install -e .)")
     script = (
         f"source {ROOT / 'completions' / 'fastio-dl.bash'}\n"
-        "COMP_WORDS=(fastio-dl s); COMP_CWORD=1; _fastio_dl_completion fastio-dl; echo ${COMPREPLY[@]}\n"
-        "COMP_WORDS=(fastio-dl sync --max-d); COMP_CWORD=2; _fastio_dl_completion fastio-dl; echo ${COMPREPLY[@]}\n"
+        "COMP_WORDS=(fastio-dl s); COMP_CWORD=1\n"
+        "_fastio_dl_completion fastio-dl; echo ${COMPREPLY[@]}\n"
+        "COMP_WORDS=(fastio-dl sync --max-d); COMP_CWORD=2\n"
+        "_fastio_dl_completion fastio-dl; echo ${COMPREPLY[@]}\n"
     )
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env=env, check=True
+    )
     assert done.stdout.split("\n")[:2] == ["sync", "--max-delete"]
 
 
@@ -116,16 +130,42 @@ def test_bash_completes_commands_and_options() -> None:
 
 def test_ls_table_json_and_manifest_roundtrip(make_served, tmp_path: Path) -> None:
     served: Served = make_served(DatasetSpec(files=12, depth=2, fanout=2, max_size=5000))
-    table = served.cli("ls", f"ws:{served.ws}/root", "--token", DEFAULT_TOKEN, "--api-base", served.server.api_base)
-    assert table.exit_code == 0 and table.stdout.splitlines()[0].split() == ["TYPE", "SIZE", "MODIFIED", "ID", "PATH"]
+    table = served.cli(
+        "ls", f"ws:{served.ws}/root", "--token", DEFAULT_TOKEN, "--api-base", served.server.api_base
+    )
+    assert table.exit_code == 0 and table.stdout.splitlines()[0].split() == [
+        "TYPE",
+        "SIZE",
+        "MODIFIED",
+        "ID",
+        "PATH",
+    ]
     assert "dir1-00" in table.stdout
-    records = [json.loads(line) for line in served.cli(
-        "ls", f"ws:{served.ws}/root", "-r", "--json", "--token", DEFAULT_TOKEN, "--api-base", served.server.api_base
-    ).stdout.splitlines()]
+    records = [
+        json.loads(line)
+        for line in served.cli(
+            "ls",
+            f"ws:{served.ws}/root",
+            "-r",
+            "--json",
+            "--token",
+            DEFAULT_TOKEN,
+            "--api-base",
+            served.server.api_base,
+        ).stdout.splitlines()
+    ]
     assert sum(r["type"] == "file" for r in records) == 12
     assert all(r["hash"] for r in records if r["type"] == "file")
-    manifest = served.cli("ls", f"ws:{served.ws}/root", "-r", "--manifest", "--token", DEFAULT_TOKEN,
-                          "--api-base", served.server.api_base).stdout
+    manifest = served.cli(
+        "ls",
+        f"ws:{served.ws}/root",
+        "-r",
+        "--manifest",
+        "--token",
+        DEFAULT_TOKEN,
+        "--api-base",
+        served.server.api_base,
+    ).stdout
     path = tmp_path / "m.txt"
     path.write_text(manifest)
     assert served.cli("sync", str(path), "-d", str(tmp_path / "d")).exit_code == 0
@@ -150,13 +190,18 @@ def test_verify_reports_missing_changed_extra(synced_dest) -> None:
         assert result.exit_code == 1
         records = [json.loads(line) for line in result.stdout.splitlines()]
         by_status = {r["status"]: r["path"] for r in records if r["event"] == "file"}
-        assert by_status == {"changed": files[0].relative_to(dest).as_posix(),
-                             "missing": files[1].relative_to(dest).as_posix(), "extra": "stray.txt"}
+        assert by_status == {
+            "changed": files[0].relative_to(dest).as_posix(),
+            "missing": files[1].relative_to(dest).as_posix(),
+            "extra": "stray.txt",
+        }
 
 
 @pytest.fixture
 def synced_dest(make_served, tmp_path: Path):
-    served: Served = make_served(DatasetSpec(files=8, depth=1, fanout=2, min_size=100, max_size=5000, odd_names=False))
+    served: Served = make_served(
+        DatasetSpec(files=8, depth=1, fanout=2, min_size=100, max_size=5000, odd_names=False)
+    )
     manifest = tmp_path / "m.txt"
     manifest.write_text(f"ws:{served.ws}/root\n")
     dest = tmp_path / "dest"
@@ -172,7 +217,9 @@ def test_shards_split_the_work_without_overlap(make_served, tmp_path: Path) -> N
     seen: list[set[str]] = []
     for index in range(3):
         out = tmp_path / f"host{index}"
-        result = served.cli("get", f"ws:{served.ws}/root", "-d", str(out), "--shard", f"{index}/3", "--json")
+        result = served.cli(
+            "get", f"ws:{served.ws}/root", "-d", str(out), "--shard", f"{index}/3", "--json"
+        )
         assert result.exit_code == 0, result.stderr
         mine = {r["node_id"] for r in result.files() if r["status"] == "downloaded"}
         assert all(in_shard(node_id, (index, 3)) for node_id in mine)
@@ -199,9 +246,13 @@ def test_version() -> None:
 
 
 def test_limit_rate_caps_total_throughput(served: Served, tmp_path: Path) -> None:
-    node = served.server.call(lambda: served.space.add_file("root", "r.bin", SeededBlob(3, 1_200_000)))
+    node = served.server.call(
+        lambda: served.space.add_file("root", "r.bin", SeededBlob(3, 1_200_000))
+    )
     began = time.monotonic()
-    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--limit-rate", "2M")
+    result = served.cli(
+        "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--limit-rate", "2M"
+    )
     elapsed = time.monotonic() - began
     assert result.exit_code == 0
     assert elapsed >= 0.45  # 1.2 MB at 2 MiB/s, minus one burst of a tenth of a second
@@ -210,11 +261,16 @@ def test_limit_rate_caps_total_throughput(served: Served, tmp_path: Path) -> Non
 
 def test_log_file_has_timestamps_and_no_token(served: Served, tmp_path: Path) -> None:
     log = tmp_path / "logs" / "run.log"
-    result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path / "d"), "--log-file", str(log))
+    result = served.cli(
+        "get", f"ws:{served.ws}/root", "-d", str(tmp_path / "d"), "--log-file", str(log)
+    )
     assert result.exit_code == 0
     lines = log.read_text().splitlines()
     assert len(lines) >= 20
-    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z (INFO|WARN|ERROR|WARNING) ", ln) for ln in lines)
+    assert all(
+        re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z (INFO|WARN|ERROR|WARNING) ", ln)
+        for ln in lines
+    )
     assert DEFAULT_TOKEN not in log.read_text()
 
 
@@ -229,13 +285,24 @@ def test_http_proxy_from_the_environment(served: Served, tmp_path: Path, monkeyp
 
     async def forward(request: web.Request) -> web.StreamResponse:
         seen.append(str(request.url))
-        async with ClientSession() as session, session.request(
-            request.method, str(request.url), headers={k: v for k, v in request.headers.items() if k != "Host"}
-        ) as upstream:
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method,
+                str(request.url),
+                headers={k: v for k, v in request.headers.items() if k != "Host"},
+            ) as upstream,
+        ):
             body = await upstream.read()
-            return web.Response(body=body, status=upstream.status,
-                                headers={k: v for k, v in upstream.headers.items()
-                                         if k.lower() not in ("transfer-encoding", "content-length", "content-encoding")})
+            return web.Response(
+                body=body,
+                status=upstream.status,
+                headers={
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower() not in ("transfer-encoding", "content-length", "content-encoding")
+                },
+            )
 
     from fastio_dl.emulator import Emulator, EmulatorThread
 
@@ -265,7 +332,12 @@ def test_every_command_and_option_is_in_the_readme() -> None:
                 missing.append(f"command {name} {sub_name}")
         for param in command.params:
             for opt in getattr(param, "opts", []):
-                if opt.startswith("--") and opt != "--help" and f"`{opt}" not in readme and f" {opt}" not in readme:
+                if (
+                    opt.startswith("--")
+                    and opt != "--help"
+                    and f"`{opt}" not in readme
+                    and f" {opt}" not in readme
+                ):
                     missing.append(f"{name} {opt}")
     for param in group.params:
         for opt in param.opts:
@@ -280,7 +352,10 @@ def test_every_command_and_option_is_in_the_readme() -> None:
 def test_wheel_has_the_package_and_no_tests(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
-        capture_output=True, text=True, check=False, timeout=300,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     wheel = next(tmp_path.glob("fastio_dl-*.whl"))
@@ -288,4 +363,6 @@ def test_wheel_has_the_package_and_no_tests(tmp_path: Path) -> None:
     assert "fastio_dl/cli.py" in names and "fastio_dl/emulator/server.py" in names
     assert not [n for n in names if n.startswith("tests/") or "/tests/" in n]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "fastio-dl = fastio_dl.cli:entrypoint" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (
+        "fastio-dl = fastio_dl.cli:entrypoint" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )

@@ -116,11 +116,16 @@ def test_untracked_identical_file_is_adopted(make_served, tmp_path: Path) -> Non
 
 def test_manifest_dest_column(served: Served, tmp_path: Path) -> None:
     node = next(iter(served.space.files()))
-    folder = next(n for n in served.space.nodes.values() if n.type == "folder" and n.parent == "root")
-    manifest = write_manifest(tmp_path / "m.txt", [
-        f"ws:{served.ws}/{node.id}   renamed dir/my file.bin  ",
-        f"ws:{served.ws}/{folder.id} mirror/sub",
-    ])
+    folder = next(
+        n for n in served.space.nodes.values() if n.type == "folder" and n.parent == "root"
+    )
+    manifest = write_manifest(
+        tmp_path / "m.txt",
+        [
+            f"ws:{served.ws}/{node.id}   renamed dir/my file.bin  ",
+            f"ws:{served.ws}/{folder.id} mirror/sub",
+        ],
+    )
     dest = tmp_path / "dest"
     result = served.cli("sync", str(manifest), "-d", str(dest))
     assert result.exit_code == 0, result.stderr
@@ -131,13 +136,16 @@ def test_manifest_dest_column(served: Served, tmp_path: Path) -> None:
 
 def test_bad_manifest_lines_all_reported_nothing_downloaded(served: Served, tmp_path: Path) -> None:
     good = next(iter(served.space.files())).id
-    manifest = write_manifest(tmp_path / "m.txt", [
-        f"ws:{served.ws}/{good} a.bin",          # line 3: fine
-        "not-a-ref",                             # line 4
-        f"ws:{served.ws}/{good} /etc/passwd",    # line 5: absolute
-        f"ws:{served.ws}/{good} ../up.bin",      # line 6: escapes
-        f"ws:{served.ws}/{good} a.bin",          # line 7: same DEST as line 3
-    ])
+    manifest = write_manifest(
+        tmp_path / "m.txt",
+        [
+            f"ws:{served.ws}/{good} a.bin",  # line 3: fine
+            "not-a-ref",  # line 4
+            f"ws:{served.ws}/{good} /etc/passwd",  # line 5: absolute
+            f"ws:{served.ws}/{good} ../up.bin",  # line 6: escapes
+            f"ws:{served.ws}/{good} a.bin",  # line 7: same DEST as line 3
+        ],
+    )
     result = served.cli("sync", str(manifest), "-d", str(tmp_path / "dest"))
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
@@ -149,7 +157,9 @@ def test_bad_manifest_lines_all_reported_nothing_downloaded(served: Served, tmp_
 def test_empty_manifest_needs_allow_empty(served: Served, tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m.txt", [])
     assert served.cli("sync", str(manifest), "-d", str(tmp_path / "d")).exit_code == 2
-    assert served.cli("sync", str(manifest), "-d", str(tmp_path / "d"), "--allow-empty").exit_code == 0
+    assert (
+        served.cli("sync", str(manifest), "-d", str(tmp_path / "d"), "--allow-empty").exit_code == 0
+    )
 
 
 def test_manifest_from_stdin_and_failed_manifest(served: Served, tmp_path: Path) -> None:
@@ -157,7 +167,9 @@ def test_manifest_from_stdin_and_failed_manifest(served: Served, tmp_path: Path)
     missing = "2" + "z" * 28
     text = f"ws:{served.ws}/{good}\nws:{served.ws}/{missing} lost.bin\n"
     failed = tmp_path / "failed.txt"
-    result = served.cli("sync", "-", "-d", str(tmp_path / "d"), "--failed-manifest", str(failed), input=text)
+    result = served.cli(
+        "sync", "-", "-d", str(tmp_path / "d"), "--failed-manifest", str(failed), input=text
+    )
     assert result.exit_code == 1
     assert failed.read_text() == f"ws:{served.ws}/{missing} lost.bin\n"
     assert parse_manifest(failed.read_text(), "failed.txt").targets[0].ref.node == missing
@@ -167,11 +179,17 @@ def test_second_sync_on_a_locked_destination_exits_4(served: Served, tmp_path: P
     dest = tmp_path / "dest"
     manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from fastio_dl.sync import destination_lock\n"
-         "with destination_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)",
-         str(dest)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path\n"
+            "from fastio_dl.sync import destination_lock\n"
+            "with destination_lock(Path(sys.argv[1])):\n"
+            "    print('locked', flush=True); time.sleep(30)",
+            str(dest),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -188,21 +206,44 @@ def test_second_sync_on_a_locked_destination_exits_4(served: Served, tmp_path: P
 def test_lock_is_exclusive_in_process(tmp_path: Path) -> None:
     from fastio_dl.errors import LockedError
 
-    with destination_lock(tmp_path), pytest.raises(LockedError):
-        with destination_lock(tmp_path, wait=0.3):
-            pass
+    with (
+        destination_lock(tmp_path),
+        pytest.raises(LockedError),
+        destination_lock(tmp_path, wait=0.3),
+    ):
+        pass
 
 
 def test_sync_killed_mid_run_is_completed_by_the_next(make_served, tmp_path: Path) -> None:
-    served: Served = make_served(DatasetSpec(files=6, depth=0, min_size=400_000, max_size=600_000,
-                                             odd_names=False, notes=0, links=0))
-    big = served.server.call(lambda: served.space.add_file("root", "big.bin", SeededBlob(99, 6_000_000)))
+    served: Served = make_served(
+        DatasetSpec(
+            files=6, depth=0, min_size=400_000, max_size=600_000, odd_names=False, notes=0, links=0
+        )
+    )
+    big = served.server.call(
+        lambda: served.space.add_file("root", "big.bin", SeededBlob(99, 6_000_000))
+    )
     served.emulator.switches.bandwidth = 2_000_000
     dest = tmp_path / "dest"
     manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastio_dl", "sync", str(manifest), "-d", str(dest), "--api-base",
-         served.server.api_base, "--token", DEFAULT_TOKEN, "--progress", "none", "-j", "4"],
+        [
+            sys.executable,
+            "-m",
+            "fastio_dl",
+            "sync",
+            str(manifest),
+            "-d",
+            str(dest),
+            "--api-base",
+            served.server.api_base,
+            "--token",
+            DEFAULT_TOKEN,
+            "--progress",
+            "none",
+            "-j",
+            "4",
+        ],
     )
     deadline = time.monotonic() + 20
     part = dest / "big.bin.part"

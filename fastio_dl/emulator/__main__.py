@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -34,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--links", type=int, default=1, help="generated link nodes")
     parser.add_argument("--plain-names", action="store_true", help="no spaces or unicode in names")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
-    parser.add_argument("--bandwidth", type=_size, default=0, help="bytes/s per connection (e.g. 2M)")
+    parser.add_argument(
+        "--bandwidth", type=_size, default=0, help="bytes/s per connection (e.g. 2M)"
+    )
     parser.add_argument("--no-range", action="store_true", help="ignore Range headers")
     parser.add_argument(
-        "--fault", action="append", default=[], metavar="KIND[:k=v,...]",
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND[:k=v,...]",
         help="e.g. drop:after_bytes=1000,times=3 or rate_limit:probability=0.1,endpoint=any",
     )
     parser.add_argument("--token", default=DEFAULT_TOKEN, help="the API token the emulator accepts")
@@ -46,23 +52,38 @@ def main(argv: list[str] | None = None) -> int:
         faults = [Fault.parse(text) for text in args.fault]
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
-    switches = Switches(latency=args.latency, bandwidth=args.bandwidth,
-                        range_enabled=not args.no_range, faults=faults)
-    spec = DatasetSpec(files=args.files, depth=args.depth, fanout=args.fanout,
-                       min_size=args.min_size, max_size=args.max_size, seed=args.seed,
-                       notes=args.notes, links=args.links, odd_names=not args.plain_names)
+    switches = Switches(
+        latency=args.latency,
+        bandwidth=args.bandwidth,
+        range_enabled=not args.no_range,
+        faults=faults,
+    )
+    spec = DatasetSpec(
+        files=args.files,
+        depth=args.depth,
+        fanout=args.fanout,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        seed=args.seed,
+        notes=args.notes,
+        links=args.links,
+        odd_names=not args.plain_names,
+    )
     emulator, space = build(spec, directory=args.data, switches=switches)
     emulator.tokens = {args.token}
     files = list(space.files())
     print(f"fastio emulator on http://{HOST}:{args.port}/current", file=sys.stderr)
     print(f"  workspace {space.id} ({space.name}): {len(files)} files", file=sys.stderr)
-    print(f"  token: FASTIO_TOKEN={args.token}  (an emulator token, not a real one)", file=sys.stderr)
-    print(f"  try: fastio-dl get --api-base http://{HOST}:{args.port}/current ws:{space.id}/root -d ./out",
-          file=sys.stderr)
-    try:
+    print(
+        f"  token: FASTIO_TOKEN={args.token}  (an emulator token, not a real one)", file=sys.stderr
+    )
+    print(
+        f"  try: fastio-dl get --api-base http://{HOST}:{args.port}/current "
+        f"ws:{space.id}/root -d ./out",
+        file=sys.stderr,
+    )
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         web.run_app(emulator.app, host=HOST, port=args.port, print=None, access_log=None)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        pass
     return 0
 
 

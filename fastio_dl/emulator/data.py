@@ -231,7 +231,9 @@ class Store:
         self.ids = IdSource(seed)
         self.spaces: dict[tuple[str, str], Space] = {}
 
-    def add_space(self, kind: str = "workspace", name: str = "general", space_id: str | None = None) -> Space:
+    def add_space(
+        self, kind: str = "workspace", name: str = "general", space_id: str | None = None
+    ) -> Space:
         space = Space(kind, space_id or self.ids.space_id(), name, self.ids)
         self.spaces[(kind, space.id)] = space
         self.spaces[(kind, name)] = space
@@ -249,7 +251,12 @@ class Store:
 
 # ----------------------------------------------------------------------------- data sets
 
-ODD_NAMES = ("quarterly report.pdf", "résumé – final.txt", "日本語のファイル.bin", "with  two  spaces.dat")
+ODD_NAMES = (
+    "quarterly report.pdf",
+    "résumé – final.txt",  # noqa: RUF001 -- an en dash on purpose: names are not ASCII
+    "日本語のファイル.bin",
+    "with  two  spaces.dat",
+)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,6 @@ try fastio-dl offline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import math
 import random
 import secrets
@@ -19,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
-
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -100,7 +97,9 @@ class Switches:
 class Emulator:
     """State, counters and the aiohttp application."""
 
-    def __init__(self, store: Store, switches: Switches | None = None, tokens: set[str] | None = None) -> None:
+    def __init__(
+        self, store: Store, switches: Switches | None = None, tokens: set[str] | None = None
+    ) -> None:
         self.store = store
         self.switches = switches or Switches()
         self.tokens = tokens if tokens is not None else {DEFAULT_TOKEN}
@@ -154,7 +153,9 @@ class Emulator:
         return app
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    async def _middleware(
+        self, request: web.Request, handler: Callable[..., Any]
+    ) -> web.StreamResponse:
         if request.path.startswith("/_emulator/"):
             return await handler(request)  # type: ignore[no-any-return]
         endpoint = request.path.rstrip("/").rsplit("/", 1)[-1]
@@ -178,8 +179,11 @@ class Emulator:
         fault = self._fire("server_error", kind)
         if fault is not None:
             self.counters[f"status:{fault.status}"] += 1
-            return web.Response(status=fault.status, text="<html>upstream unavailable</html>",
-                                content_type="text/html")
+            return web.Response(
+                status=fault.status,
+                text="<html>upstream unavailable</html>",
+                content_type="text/html",
+            )
         fault = self._fire("payment", kind)
         if fault is not None:
             return _error(402, 1402, "Payment Required")
@@ -214,7 +218,9 @@ class Emulator:
         denied = self._auth(request)
         if denied:
             return denied
-        return _ok({"user": {"id": "1234567890123456789", "email_address": "emulator@example.invalid"}})
+        return _ok(
+            {"user": {"id": "1234567890123456789", "email_address": "emulator@example.invalid"}}
+        )
 
     async def details(self, request: web.Request) -> web.Response:
         denied = self._auth(request)
@@ -259,7 +265,9 @@ class Emulator:
             page_size = 0
         if page_size not in (100, 250, 500):
             return _error(400, 1400, "page_size must be 100, 250 or 500")
-        children = sorted((space.nodes[c] for c in space.children[node.id]), key=lambda n: (n.name, n.id))
+        children = sorted(
+            (space.nodes[c] for c in space.children[node.id]), key=lambda n: (n.name, n.id)
+        )
         cursor = request.query.get("cursor")
         start = 0
         if cursor:
@@ -274,7 +282,11 @@ class Emulator:
             {
                 "nodes": {"items": [c.to_json() for c in page], "count": len(page)},
                 "next_cursor": next_cursor,
-                "pagination": {"page_size": page_size, "has_more": more, "next_cursor": next_cursor},
+                "pagination": {
+                    "page_size": page_size,
+                    "has_more": more,
+                    "next_cursor": next_cursor,
+                },
             }
         )
 
@@ -291,9 +303,13 @@ class Emulator:
         return _ok(
             {
                 "versions": [
-                    {"id": v.id, "size": v.blob.size, "hash": v.blob.digest(node.hash_algo),
-                     "hash_algo": node.hash_algo,
-                     "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v.created))}
+                    {
+                        "id": v.id,
+                        "size": v.blob.size,
+                        "hash": v.blob.digest(node.hash_algo),
+                        "hash_algo": node.hash_algo,
+                        "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v.created)),
+                    }
                     for v in node.versions
                 ]
             }
@@ -479,7 +495,9 @@ def _ok(payload: dict[str, Any]) -> web.Response:
     return web.json_response({"result": True, **payload})
 
 
-def _error(status: int, code: int, text: str, *, params: Any = None, headers: dict[str, str] | None = None) -> web.Response:
+def _error(
+    status: int, code: int, text: str, *, params: Any = None, headers: dict[str, str] | None = None
+) -> web.Response:
     error: dict[str, Any] = {"code": code, "text": text}
     if params is not None:
         error["params"] = params
@@ -495,7 +513,9 @@ class EmulatorThread:
     The CLI under test calls ``asyncio.run`` itself, so the server cannot share its loop.
     """
 
-    def __init__(self, emulator: Emulator, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, emulator: Emulator, port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.emulator = emulator
         self.port = port
         self.ssl_context = ssl_context
@@ -530,11 +550,11 @@ class EmulatorThread:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.emulator.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, self.port, ssl_context=self.ssl_context, backlog=1024)
+        site = web.TCPSite(
+            self._runner, HOST, self.port, ssl_context=self.ssl_context, backlog=1024
+        )
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
 
     async def _stop(self) -> None:
         if self._runner is not None:
@@ -554,7 +574,7 @@ class EmulatorThread:
 
     def call(self, func: Callable[[], T]) -> T:
         """Run ``func`` on the server's loop (safe mutation of data, faults, counters)."""
-        future: asyncio.Future[T] = asyncio.run_coroutine_threadsafe(_call(func), self.loop)  # type: ignore[arg-type]
+        future = asyncio.run_coroutine_threadsafe(_call(func), self.loop)
         return future.result(30)
 
     def __enter__(self) -> EmulatorThread:
@@ -570,5 +590,3 @@ async def _call(func: Callable[[], T]) -> T:
 
 def blob_of(data: bytes) -> BytesBlob:
     return BytesBlob(data)
-
-

@@ -92,7 +92,11 @@ class JsonProgress:
             Notice: "notice",
             RunSummary: "summary",
         }[type(event)]
-        record = file_record(event) if isinstance(event, FileFinished) else {"event": name, **asdict(event)}
+        record = (
+            file_record(event)
+            if isinstance(event, FileFinished)
+            else {"event": name, **asdict(event)}
+        )
         _write(self.stream, record, self.secrets)
 
     def close(self) -> None:

@@ -40,7 +40,9 @@ def _short(path: str) -> str:
 
 
 class RichPanel:
-    def __init__(self, stream: TextIO, *, debug: bool = False, secrets: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, stream: TextIO, *, debug: bool = False, secrets: frozenset[str] = frozenset()
+    ) -> None:
         self.console = Console(file=stream, highlight=False)
         self.secrets = secrets
         self.debug = debug
@@ -104,13 +106,21 @@ class RichPanel:
                     self._log(f"skipped: {event.path} ({event.reason})", "dim")
             self._describe_overall()
         elif isinstance(event, FileRetry):
-            self._log(f"retry {event.attempt}: {_short(event.path)}: {event.error} "
-                      f"(next try in {event.wait:.1f} s)", "yellow")
+            self._log(
+                f"retry {event.attempt}: {_short(event.path)}: {event.error} "
+                f"(next try in {event.wait:.1f} s)",
+                "yellow",
+            )
         elif isinstance(event, Notice):
             if event.level != "info" or self.debug:
-                self._log(f"{event.level}: {event.message}", "yellow" if event.level == "warning" else "red")
+                self._log(
+                    f"{event.level}: {event.message}",
+                    "yellow" if event.level == "warning" else "red",
+                )
         elif isinstance(event, RunSummary):
-            self.progress.update(self.overall, completed=self.bytes_total if not event.failed else None)
+            self.progress.update(
+                self.overall, completed=self.bytes_total if not event.failed else None
+            )
             self.progress.stop()
             style = "bold red" if event.failed else "bold green"
             self.console.print(Text(summary_line(event), style=style))

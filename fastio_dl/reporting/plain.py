@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from fastio_dl.errors import redact
+from fastio_dl.errors import human_bytes, redact
 from fastio_dl.events import (
     Event,
     FileFinished,
@@ -17,7 +17,6 @@ from fastio_dl.events import (
     Notice,
     RunSummary,
 )
-from fastio_dl.storage import human_bytes
 
 TOTALS_EVERY = 5.0
 
@@ -62,7 +61,9 @@ class PlainReporter:
             self._bytes += event.delta
             if not self.quiet and self._clock() - self._last_totals >= TOTALS_EVERY:
                 self._last_totals = self._clock()
-                self._line(f"progress: {self._finished}/{self._queued} files, {human_bytes(self._bytes)}")
+                self._line(
+                    f"progress: {self._finished}/{self._queued} files, {human_bytes(self._bytes)}"
+                )
         elif isinstance(event, FileQueued):
             self._queued += 1
         elif isinstance(event, FileFinished):
@@ -75,10 +76,13 @@ class PlainReporter:
         elif isinstance(event, FileRetry):
             if not self.quiet:
                 self._line(
-                    f"retry {event.attempt}: {event.path}: {event.error} (next try in {event.wait:.1f} s)"
+                    f"retry {event.attempt}: {event.path}: {event.error} "
+                    f"(next try in {event.wait:.1f} s)"
                 )
         elif isinstance(event, Notice):
-            if event.level == "error" or (not self.quiet) and (event.level == "warning" or self.debug):
+            if event.level == "error" or (
+                (not self.quiet) and (event.level == "warning" or self.debug)
+            ):
                 self._line(f"{event.level}: {event.message}")
         elif isinstance(event, RunSummary) and self.summary:
             self._line(summary_line(event))
@@ -96,7 +100,7 @@ class LogFileReporter:
         self.secrets = secrets
 
     def _line(self, level: str, text: str) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self.handle.write(f"{stamp} {level} {redact(text, self.secrets)}\n")
 
     def emit(self, event: Event) -> None:
@@ -107,7 +111,10 @@ class LogFileReporter:
             else:
                 self._line("INFO", f"{event.status}: {event.path} [{event.node_id}]{extra}")
         elif isinstance(event, FileRetry):
-            self._line("WARN", f"retry {event.attempt}: {event.path}: {event.error} (wait {event.wait:.1f} s)")
+            self._line(
+                "WARN",
+                f"retry {event.attempt}: {event.path}: {event.error} (wait {event.wait:.1f} s)",
+            )
         elif isinstance(event, Notice):
             self._line(event.level.upper(), event.message)
         elif isinstance(event, RunSummary):

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,37 +69,80 @@ def row(bench: str, runs: dict[str, list[Run]], ours: str = "fastio-dl") -> list
     out = []
     for tool, items in runs.items():
         wall = median(items, "wall")
-        out.append({
-            "bench": bench, "tool": tool, "wall_s": round(wall, 3), "cpu_s": round(median(items, "cpu"), 3),
-            "peak_mb": round(median(items, "peak_mb"), 1),
-            "ratio": round(base / wall, 3) if tool != ours else 1.0,
-        })
+        out.append(
+            {
+                "bench": bench,
+                "tool": tool,
+                "wall_s": round(wall, 3),
+                "cpu_s": round(median(items, "cpu"), 3),
+                "peak_mb": round(median(items, "peak_mb"), 1),
+                "ratio": round(base / wall, 3) if tool != ours else 1.0,
+            }
+        )
     return out
 
 
 def b1(tmp: Path, rounds: int) -> list[dict[str, Any]]:
-    emu = EmulatorProcess("--files", "2000", "--depth", "0", "--min-size", "64K", "--max-size", "64K")
+    emu = EmulatorProcess(
+        "--files", "2000", "--depth", "0", "--min-size", "64K", "--max-size", "64K"
+    )
     try:
         urls = emu.read_urls(emu.files())
         emu.switches(latency=0.02)
         aria, curl = require("aria2c", "aria2"), require("curl", "curl")
 
         def ours() -> Run:
-            return run_measured("fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", str(fresh_dir(tmp / "f")),
-                                              "-j", "16", *fastio_args(emu)])
+            return run_measured(
+                "fastio-dl",
+                [
+                    *FASTIO_DL,
+                    "get",
+                    f"ws:{WS}/root",
+                    "-d",
+                    str(fresh_dir(tmp / "f")),
+                    "-j",
+                    "16",
+                    *fastio_args(emu),
+                ],
+            )
 
         def run_curl() -> Run:
             out = fresh_dir(tmp / "c")
-            return run_measured("curl", [curl, "-sf", "--parallel", "--parallel-max", "16", "-K",
-                                         str(curl_config(urls, out))])
+            return run_measured(
+                "curl",
+                [
+                    curl,
+                    "-sf",
+                    "--parallel",
+                    "--parallel-max",
+                    "16",
+                    "-K",
+                    str(curl_config(urls, out)),
+                ],
+            )
 
         def run_aria() -> Run:
             out = fresh_dir(tmp / "a")
-            return run_measured("aria2c", [aria, "-q", "-j", "16", "-d", str(out), "-i", str(aria_input(urls, out)),
-                                           "--allow-overwrite=true", "--auto-file-renaming=false"])
+            return run_measured(
+                "aria2c",
+                [
+                    aria,
+                    "-q",
+                    "-j",
+                    "16",
+                    "-d",
+                    str(out),
+                    "-i",
+                    str(aria_input(urls, out)),
+                    "--allow-overwrite=true",
+                    "--auto-file-renaming=false",
+                ],
+            )
 
-        return row("B1 2000 x 64 KiB, 20 ms", alternate(rounds, {"fastio-dl": ours, "curl": run_curl,
-                                                                 "aria2c": run_aria}))
+        return row(
+            "B1 2000 x 64 KiB, 20 ms",
+            alternate(rounds, {"fastio-dl": ours, "curl": run_curl, "aria2c": run_aria}),
+        )
     finally:
         emu.stop()
 
@@ -112,11 +154,20 @@ def b2(tmp: Path, rounds: int, size: str) -> list[dict[str, Any]]:
         curl = require("curl", "curl")
 
         def ours() -> Run:
-            return run_measured("fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", str(fresh_dir(tmp / "f")),
-                                              *fastio_args(emu)])
+            return run_measured(
+                "fastio-dl",
+                [
+                    *FASTIO_DL,
+                    "get",
+                    f"ws:{WS}/root",
+                    "-d",
+                    str(fresh_dir(tmp / "f")),
+                    *fastio_args(emu),
+                ],
+            )
 
         def run_curl() -> Run:
-            (url, name), = emu.read_urls(files)  # a fresh token per run, minted before timing
+            ((url, name),) = emu.read_urls(files)  # a fresh token per run, minted before timing
             out = fresh_dir(tmp / "c")
             return run_measured("curl", [curl, "-sf", "-o", str(out / name), url])
 
@@ -126,38 +177,80 @@ def b2(tmp: Path, rounds: int, size: str) -> list[dict[str, Any]]:
         gib = int(files[0]["size"]) / 2**30
         for item in rows:
             item["cpu_per_gib"] = round(item["cpu_s"] / gib, 2)
-        rows.append({"bench": f"B2 one {size} file", "tool": "sha256sum (curl has no hash)",
-                     "wall_s": round(sha.wall, 3), "cpu_s": round(sha.cpu, 3), "peak_mb": round(sha.peak_mb, 1),
-                     "cpu_per_gib": round(sha.cpu / gib, 2), "ratio": None})
+        rows.append(
+            {
+                "bench": f"B2 one {size} file",
+                "tool": "sha256sum (curl has no hash)",
+                "wall_s": round(sha.wall, 3),
+                "cpu_s": round(sha.cpu, 3),
+                "peak_mb": round(sha.peak_mb, 1),
+                "cpu_per_gib": round(sha.cpu / gib, 2),
+                "ratio": None,
+            }
+        )
         return rows
     finally:
         emu.stop()
 
 
 def b3(tmp: Path, rounds: int, size: str, cap: str, n: int) -> list[dict[str, Any]]:
-    emu = EmulatorProcess("--files", "1", "--depth", "0", "--min-size", size, "--max-size", size, "--bandwidth", cap)
+    emu = EmulatorProcess(
+        "--files", "1", "--depth", "0", "--min-size", size, "--max-size", size, "--bandwidth", cap
+    )
     try:
         files = emu.files()
         aria = require("aria2c", "aria2")
 
         def ours() -> Run:
-            return run_measured("fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", str(fresh_dir(tmp / "f")),
-                                              "--segments", str(n), *fastio_args(emu)])
+            return run_measured(
+                "fastio-dl",
+                [
+                    *FASTIO_DL,
+                    "get",
+                    f"ws:{WS}/root",
+                    "-d",
+                    str(fresh_dir(tmp / "f")),
+                    "--segments",
+                    str(n),
+                    *fastio_args(emu),
+                ],
+            )
 
         def run_aria() -> Run:
-            (url, name), = emu.read_urls(files)
+            ((url, name),) = emu.read_urls(files)
             out = fresh_dir(tmp / "a")
-            return run_measured("aria2c", [aria, "-q", "-x", str(n), "-s", str(n), "-k", "1M", "-d", str(out),
-                                           "-o", name, "--allow-overwrite=true", url])
+            return run_measured(
+                "aria2c",
+                [
+                    aria,
+                    "-q",
+                    "-x",
+                    str(n),
+                    "-s",
+                    str(n),
+                    "-k",
+                    "1M",
+                    "-d",
+                    str(out),
+                    "-o",
+                    name,
+                    "--allow-overwrite=true",
+                    url,
+                ],
+            )
 
-        return row(f"B3 one {size} file, {cap}/s per connection, {n} connections",
-                   alternate(rounds, {"fastio-dl": ours, "aria2c": run_aria}))
+        return row(
+            f"B3 one {size} file, {cap}/s per connection, {n} connections",
+            alternate(rounds, {"fastio-dl": ours, "aria2c": run_aria}),
+        )
     finally:
         emu.stop()
 
 
 def b4(tmp: Path, rounds: int) -> list[dict[str, Any]]:
-    emu = EmulatorProcess("--files", "10000", "--depth", "2", "--fanout", "4", "--min-size", "1", "--max-size", "2K")
+    emu = EmulatorProcess(
+        "--files", "10000", "--depth", "2", "--fanout", "4", "--min-size", "1", "--max-size", "2K"
+    )
     try:
         manifest = tmp / "b4.manifest"
         manifest.write_text(f"ws:{WS}/root\n")
@@ -172,27 +265,60 @@ def b4(tmp: Path, rounds: int) -> list[dict[str, Any]]:
             runs.append(run_measured("fastio-dl", argv))
             calls.append(emu.stats())
         stats = calls[-1]
-        return [{"bench": "B4 no-op sync, 10,000 files", "tool": "fastio-dl", "wall_s": round(median(runs, "wall"), 3),
-                 "cpu_s": round(median(runs, "cpu"), 3), "peak_mb": round(median(runs, "peak_mb"), 1),
-                 "api_calls": stats.get("requests", 0), "tokens_minted": stats.get("tokens_minted", 0),
-                 "reads": stats.get("read", 0), "first_sync_s": round(first.wall, 3), "ratio": None}]
+        return [
+            {
+                "bench": "B4 no-op sync, 10,000 files",
+                "tool": "fastio-dl",
+                "wall_s": round(median(runs, "wall"), 3),
+                "cpu_s": round(median(runs, "cpu"), 3),
+                "peak_mb": round(median(runs, "peak_mb"), 1),
+                "api_calls": stats.get("requests", 0),
+                "tokens_minted": stats.get("tokens_minted", 0),
+                "reads": stats.get("read", 0),
+                "first_sync_s": round(first.wall, 3),
+                "ratio": None,
+            }
+        ]
     finally:
         emu.stop()
 
 
 def b5(tmp: Path) -> list[dict[str, Any]]:
-    emu = EmulatorProcess("--files", "100000", "--depth", "0", "--min-size", "1", "--max-size", "1K")
+    emu = EmulatorProcess(
+        "--files", "100000", "--depth", "0", "--min-size", "1", "--max-size", "1K"
+    )
     try:
         ids = [node["id"] for node in emu.files()]
         manifest = tmp / "b5.manifest"
         manifest.write_text("".join(f"ws:{WS}/{node_id} d/{node_id}.bin\n" for node_id in ids))
         emu.reset()
-        run = run_measured("fastio-dl", [*FASTIO_DL, "sync", str(manifest), "-d", str(fresh_dir(tmp / "b5")),
-                                         "--dry-run", "-j", "16", *fastio_args(emu)])
+        run = run_measured(
+            "fastio-dl",
+            [
+                *FASTIO_DL,
+                "sync",
+                str(manifest),
+                "-d",
+                str(fresh_dir(tmp / "b5")),
+                "--dry-run",
+                "-j",
+                "16",
+                *fastio_args(emu),
+            ],
+        )
         stats = emu.stats()
-        return [{"bench": "B5 manifest of 100,000 refs, dry run", "tool": "fastio-dl", "wall_s": round(run.wall, 3),
-                 "cpu_s": round(run.cpu, 3), "peak_mb": round(run.peak_mb, 1), "api_calls": stats.get("requests"),
-                 "exit": run.exit, "ratio": None}]
+        return [
+            {
+                "bench": "B5 manifest of 100,000 refs, dry run",
+                "tool": "fastio-dl",
+                "wall_s": round(run.wall, 3),
+                "cpu_s": round(run.cpu, 3),
+                "peak_mb": round(run.peak_mb, 1),
+                "api_calls": stats.get("requests"),
+                "exit": run.exit,
+                "ratio": None,
+            }
+        ]
     finally:
         emu.stop()
 
@@ -206,22 +332,36 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| bench | tool | wall s | CPU s | peak MB | fastio-dl time / tool time | notes |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| bench | tool | wall s | CPU s | peak MB | fastio-dl time / tool time | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        notes = ", ".join(f"{k}={v}" for k, v in r.items()
-                          if k not in ("bench", "tool", "wall_s", "cpu_s", "peak_mb", "ratio"))
+        notes = ", ".join(
+            f"{k}={v}"
+            for k, v in r.items()
+            if k not in ("bench", "tool", "wall_s", "cpu_s", "peak_mb", "ratio")
+        )
         ratio = "" if r.get("ratio") in (None, 1.0) else f"{r['ratio']:.2f}"
-        lines.append(f"| {r['bench']} | {r['tool']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_mb']:.0f} "
-                     f"| {ratio} | {notes} |")
+        lines.append(
+            f"| {r['bench']} | {r['tool']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
+            f"| {r['peak_mb']:.0f} "
+            f"| {ratio} | {notes} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default="B1,B2,B3,B4,B5")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--b2-size", default="1G")
@@ -246,8 +386,12 @@ def main() -> int:
             if key in only:
                 print(f"running {key}...", file=sys.stderr, flush=True)
                 rows += step()
-    report = {"machine": machine(), "rounds": args.rounds, "seconds": round(time.monotonic() - began, 1),
-              "rows": rows}
+    report = {
+        "machine": machine(),
+        "rounds": args.rounds,
+        "seconds": round(time.monotonic() - began, 1),
+        "rows": rows,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"machine: {report['machine']}; medians of {args.rounds} alternating runs\n")

@@ -29,7 +29,9 @@ def free_port() -> int:
 
 def parse_size(text: str) -> int:
     units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
+    return (
+        int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
+    )
 
 
 class EmulatorProcess:
@@ -38,8 +40,19 @@ class EmulatorProcess:
     def __init__(self, *args: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastio_dl.emulator", "--port", str(self.port), "--plain-names",
-             "--notes", "0", "--links", "0", *args],
+            [
+                sys.executable,
+                "-m",
+                "fastio_dl.emulator",
+                "--port",
+                str(self.port),
+                "--plain-names",
+                "--notes",
+                "0",
+                "--links",
+                "0",
+                *args,
+            ],
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 120
@@ -57,21 +70,29 @@ class EmulatorProcess:
         return f"http://127.0.0.1:{self.port}/current"
 
     def get(self, path: str) -> Any:
-        request = urllib.request.Request(self.api_base + path, headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"})
+        request = urllib.request.Request(
+            self.api_base + path, headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
 
     def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_emulator/stats", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.port}/_emulator/stats", timeout=5
+        ) as r:
             return json.loads(r.read())["counters"]  # type: ignore[no-any-return]
 
     def reset(self) -> None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/_emulator/reset", data=b"{}", method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/_emulator/reset", data=b"{}", method="POST"
+        )
         urllib.request.urlopen(req, timeout=5).read()
 
     def switches(self, **body: Any) -> None:
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/_emulator/faults", data=json.dumps(body).encode(), method="POST",
+            f"http://127.0.0.1:{self.port}/_emulator/faults",
+            data=json.dumps(body).encode(),
+            method="POST",
             headers={"Content-Type": "application/json"},
         )
         urllib.request.urlopen(req, timeout=5).read()
@@ -97,7 +118,12 @@ class EmulatorProcess:
         urls = []
         for node in files:
             token = self.get(f"/workspace/{WS}/storage/{node['id']}/requestread/")["token"]
-            urls.append((f"{self.api_base}/workspace/{WS}/storage/{node['id']}/read/?token={token}", node["name"]))
+            urls.append(
+                (
+                    f"{self.api_base}/workspace/{WS}/storage/{node['id']}/read/?token={token}",
+                    node["name"],
+                )
+            )
         return urls
 
     def stop(self) -> None:
@@ -127,8 +153,13 @@ def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - began
-    return Run(tool, os.waitstatus_to_exitcode(status), wall, usage.ru_utime + usage.ru_stime,
-               usage.ru_maxrss / 1024)
+    return Run(
+        tool,
+        os.waitstatus_to_exitcode(status),
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+    )
 
 
 def fresh_dir(path: Path) -> Path:
@@ -144,7 +175,9 @@ def median(runs: list[Run], attr: str) -> float:
 def require(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        raise SystemExit(f"{tool} is missing: install it with `apt-get install {package}` and run again")
+        raise SystemExit(
+            f"{tool} is missing: install it with `apt-get install {package}` and run again"
+        )
     return path
 
 

@@ -14,19 +14,32 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.benchmarks.harness import FASTIO_DL, WS, EmulatorProcess, fastio_args, parse_size, run_measured
+from tests.benchmarks.harness import (
+    FASTIO_DL,
+    WS,
+    EmulatorProcess,
+    fastio_args,
+    parse_size,
+    run_measured,
+)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="1G")
     parser.add_argument("--limit-mb", type=float, default=150.0)
     args = parser.parse_args()
     size = parse_size(args.size)
-    emulator = EmulatorProcess("--files", "1", "--depth", "0", "--min-size", str(size), "--max-size", str(size))
+    emulator = EmulatorProcess(
+        "--files", "1", "--depth", "0", "--min-size", str(size), "--max-size", str(size)
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="fastio-mem-") as tmp:
-            run = run_measured("fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", tmp, *fastio_args(emulator)])
+            run = run_measured(
+                "fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", tmp, *fastio_args(emulator)]
+            )
             code, wall, cpu, peak = run.exit, run.wall, run.cpu, run.peak_mb
             files = [p for p in Path(tmp).rglob("*") if p.is_file()]
             # exit 0 means fastio-dl verified size and sha256 against the emulator's answer
@@ -34,8 +47,10 @@ def main() -> int:
     finally:
         emulator.stop()
     rate = size / wall / 2**20
-    print(f"size {size / 2**20:.0f} MiB: exit {code}, {wall:.2f} s wall ({rate:.0f} MiB/s), "
-          f"{cpu:.2f} s CPU, peak RSS {peak:.1f} MB (limit {args.limit_mb:.0f} MB)")
+    print(
+        f"size {size / 2**20:.0f} MiB: exit {code}, {wall:.2f} s wall ({rate:.0f} MiB/s), "
+        f"{cpu:.2f} s CPU, peak RSS {peak:.1f} MB (limit {args.limit_mb:.0f} MB)"
+    )
     return 0 if ok and peak < args.limit_mb else 1
 
 
