@@ -13,6 +13,7 @@ holds one of the ``concurrency`` slots, so verifying and writing overlap the nex
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import time
@@ -57,6 +58,8 @@ from fastio_dl.storage import (
 )
 
 WRITE_BLOCK = 4 * 1024 * 1024
+MIN_PIECE = 4 * 1024 * 1024
+PIECES_PER_CONNECTION = 8
 SEGMENT_BLOCK = 1024 * 1024  # a segment records its progress (resume point) this often
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
 Part = MemoryPart | PartFile
@@ -480,12 +483,18 @@ class Engine:
         for round_number in range(self.settings.retries + 1):
             await part.open_segmented(segments, fresh=saved is None)
             hashed = 0
+            # --segments connections take the pieces in file order, so pieces finish roughly in
+            # order and the hash keeps pace instead of reading most of the file at the end.
+            todo = collections.deque(seg for seg in segments if seg[0] + seg[2] <= seg[1])
+
+            async def connection() -> None:
+                while todo:
+                    seg = todo.popleft()
+                    await self._fetch_segment(item, final, part, seg, segments, state, changed)
+
             tasks = [
-                asyncio.create_task(
-                    self._fetch_segment(item, final, part, seg, segments, state, changed)
-                )
-                for seg in segments
-                if seg[0] + seg[2] <= seg[1]
+                asyncio.create_task(connection())
+                for _ in range(min(self.settings.segments, len(todo)))
             ]
             try:
                 while True:
@@ -760,11 +769,12 @@ class RateLimiter:
 
 
 def split_segments(size: int, count: int, saved: list[list[int]] | None) -> list[list[int]]:
-    """``count`` ranges ``[start, end, done]`` covering ``size`` bytes; an earlier run's
-    progress is kept (a single-stream prefix marks the leading ranges done)."""
+    """Pieces ``[start, end, done]`` covering ``size`` bytes for ``count`` connections: about
+    eight per connection, 4 MiB at least, and never fewer than ``count``. An earlier run's
+    progress is kept (a single-stream prefix marks the leading pieces done)."""
     if saved and all(len(seg) == 3 for seg in saved) and len(saved) > 1:
         return saved
-    step = -(-size // count)
+    step = min(max(-(-size // (count * PIECES_PER_CONNECTION)), MIN_PIECE), -(-size // count))
     segments = [[start, min(size, start + step) - 1, 0] for start in range(0, size, step)]
     prefix = saved[0][2] if saved else 0
     for seg in segments:
