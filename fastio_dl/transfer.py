@@ -487,13 +487,13 @@ class Engine:
             # order and the hash keeps pace instead of reading most of the file at the end.
             todo = collections.deque(seg for seg in segments if seg[0] + seg[2] <= seg[1])
 
-            async def connection() -> None:
+            async def connection(todo: collections.deque[list[int]], pieces: list[list[int]]) -> None:
                 while todo:
                     seg = todo.popleft()
-                    await self._fetch_segment(item, final, part, seg, segments, state, changed)
+                    await self._fetch_segment(item, final, part, seg, pieces, state, changed)
 
             tasks = [
-                asyncio.create_task(connection())
+                asyncio.create_task(connection(todo, segments))
                 for _ in range(min(self.settings.segments, len(todo)))
             ]
             try:
