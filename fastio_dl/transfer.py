@@ -487,7 +487,9 @@ class Engine:
             # order and the hash keeps pace instead of reading most of the file at the end.
             todo = collections.deque(seg for seg in segments if seg[0] + seg[2] <= seg[1])
 
-            async def connection(todo: collections.deque[list[int]], pieces: list[list[int]]) -> None:
+            async def connection(
+                todo: collections.deque[list[int]], pieces: list[list[int]]
+            ) -> None:
                 while todo:
                     seg = todo.popleft()
                     await self._fetch_segment(item, final, part, seg, pieces, state, changed)
