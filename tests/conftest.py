@@ -66,7 +66,9 @@ class Served:
     ) -> CliResult:
         argv = list(args)
         if argv and argv[0] in ("get", "sync"):
-            argv += ["--api-base", self.server.api_base, "--progress", "plain"]
+            argv += ["--api-base", self.server.api_base]
+            if "--progress" not in argv:
+                argv += ["--progress", "plain"]
             if token:
                 argv += ["--token", token]
             if fast_retries:

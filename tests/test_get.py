@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,29 @@ def test_default_reads_need_no_read_token(served: Served, tmp_path: Path) -> Non
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path))
     assert result.exit_code == 0, result.stderr
     assert served.stat("tokens_minted") == 0 and served.stat("read") == 20
+
+
+def test_quiet_prints_only_errors_and_the_summary(served: Served, tmp_path: Path) -> None:
+    missing = "2" + "m" * 28
+    result = served.cli(
+        "get", f"ws:{served.ws}/root", f"ws:{served.ws}/{missing}", "-d", str(tmp_path), "-q"
+    )
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("failed: ") and missing in lines[0]
+    assert lines[1].startswith("20 downloaded, 2 skipped, 1 failed")
+
+
+def test_progress_json_lines_on_stderr(served: Served, tmp_path: Path) -> None:
+    result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path), "--progress", "json")
+    assert result.exit_code == 0 and result.stdout == ""
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    kinds = {e["event"] for e in events}
+    assert {"queued", "started", "file", "summary"} <= kinds
+    assert events[-1]["event"] == "summary" and events[-1]["downloaded"] == 20
+
+
+def test_bad_progress_mode_is_a_usage_error(served: Served, tmp_path: Path) -> None:
+    result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path), "--progress", "fancy")
+    assert result.exit_code == 2 and "--progress" in result.stderr
