@@ -408,7 +408,12 @@ class Emulator:
             if wrong is not None and sent <= wrong.after_bytes < sent + len(data):
                 at = wrong.after_bytes - sent
                 data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
-            await response.write(data)
+            try:
+                await response.write(data)
+            except ConnectionError:
+                # The client gave up (a stall it timed out on, an interrupt): not a server error.
+                self.counters["client_gone"] += 1
+                return response
             sent += len(data)
             self.counters["read_bytes"] += len(data)
             if drop is not None and sent >= drop.after_bytes:
