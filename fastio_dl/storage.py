@@ -387,26 +387,11 @@ class PartFile:
         self._pending = asyncio.ensure_future(asyncio.gather(*jobs))
 
     def _write_sync(self, chunks: list[bytes], at: int) -> None:
-        fd = self._fd
-        if fd is None:
-            return
-        start = at
-        try:
-            pending = [memoryview(c) for c in chunks]
-            while pending:
-                written = os.pwritev(fd, pending[:IOV_MAX], at)
-                at += written
-                while pending and written >= len(pending[0]):
-                    written -= len(pending[0])
-                    pending.pop(0)
-                if pending and written:
-                    pending[0] = pending[0][written:]
-            if _FADV_DONTNEED is not None:
-                # Start writeback now (Linux: DONTNEED on dirty pages queues them), so the fsync
-                # before the rename has little left to do and the page cache stays small.
-                os.posix_fadvise(fd, start, at - start, _FADV_DONTNEED)
-        except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+        end = self._pwrite_all(chunks, at)
+        if _FADV_DONTNEED is not None and self._fd is not None:
+            # Start writeback now (Linux: DONTNEED on dirty pages queues them), so the fsync
+            # before the rename has little left to do and the page cache stays small.
+            os.posix_fadvise(self._fd, at, end - at, _FADV_DONTNEED)
 
     async def flush(self) -> None:
         """Wait for the batch in flight; its write error, if any, is raised here."""
@@ -489,7 +474,8 @@ class PartFile:
     async def write_at(self, at: int, chunks: list[bytes]) -> None:
         await asyncio.to_thread(self._pwrite_all, chunks, at)
 
-    def _pwrite_all(self, chunks: list[bytes], at: int) -> None:
+    def _pwrite_all(self, chunks: list[bytes], at: int) -> int:
+        """Write every chunk from offset ``at`` (short writes resumed); return the end offset."""
         fd = self._fd
         if fd is None:
             raise WriteError(f"{self.path} is closed")
@@ -505,6 +491,7 @@ class PartFile:
                     pending[0] = pending[0][written:]
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
+        return at
 
     def hash_range(self, hasher: Any, start: int, end: int) -> None:
         """Feed bytes ``[start, end)`` of the part file to ``hasher`` (from the page cache)."""

@@ -253,20 +253,9 @@ class Engine:
                     )
                 self.guard.check(final)
                 decision = await self.policy.decide(entry, final)
-                if decision.skip_reason:
-                    await _drop_leftovers(final)
-                    self._finish(
-                        entry.target,
-                        entry.remote.node_id,
-                        entry.relpath,
-                        "skipped",
-                        entry.remote.size,
-                        0,
-                        reason=decision.skip_reason,
-                        key=entry.key,
-                    )
-                    continue
-                if self.dry_run:
+                if decision.skip_reason or self.dry_run:
+                    if decision.skip_reason and not self.dry_run:
+                        await _drop_leftovers(final)
                     verb = "replace" if decision.replace else "download"
                     self._finish(
                         entry.target,
@@ -275,7 +264,7 @@ class Engine:
                         "skipped",
                         entry.remote.size,
                         0,
-                        reason=f"dry run: would {verb}",
+                        reason=decision.skip_reason or f"dry run: would {verb}",
                         key=entry.key,
                     )
                     continue
