@@ -504,7 +504,7 @@ def get(
     dest: DestOpt = Path("."),
     workspace: WorkspaceOpt = None,
     share: ShareOpt = None,
-    concurrency: ConcurrencyOpt = 8,
+    concurrency: ConcurrencyOpt = 16,
     retries: RetriesOpt = 5,
     stall_timeout: StallOpt = 60.0,
     backoff: BackoffOpt = 1.0,
@@ -553,7 +553,7 @@ def sync(
     dest: DestOpt = Path("."),
     workspace: WorkspaceOpt = None,
     share: ShareOpt = None,
-    concurrency: ConcurrencyOpt = 8,
+    concurrency: ConcurrencyOpt = 16,
     retries: RetriesOpt = 5,
     stall_timeout: StallOpt = 60.0,
     backoff: BackoffOpt = 1.0,
@@ -865,7 +865,7 @@ def demo(
     files: Annotated[
         int, typer.Option("--files", min=1, help="Files in the sample workspace.")
     ] = 150,
-    concurrency: ConcurrencyOpt = 8,
+    concurrency: ConcurrencyOpt = 16,
     progress: ProgressOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:

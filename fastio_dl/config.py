@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_API_BASE = "https://api.fast.io/current"
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 16
 DEFAULT_RETRIES = 5
 DEFAULT_STALL_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
