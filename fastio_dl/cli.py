@@ -29,9 +29,12 @@ from fastio_dl.config import (
     ConfigFile,
     Settings,
     default_config_path,
+    env_value,
+    environment,
     load_config_file,
     load_settings,
     option_env,
+    uvloop_wanted,
 )
 from fastio_dl.errors import AuthError, ExitCode, FastioDlError, UsageError, redact
 from fastio_dl.events import Fanout, Recorder, Reporter
@@ -447,7 +450,7 @@ def run_engine(
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop where installed: about half the CPU per small file (tests.benchmarks B1)."""
-    if os.environ.get("FASTIO_DL_NO_UVLOOP"):
+    if not uvloop_wanted():
         return None
     try:
         import uvloop
@@ -837,14 +840,14 @@ def config_show() -> None:
             seen.add(longs[0])
             env = option_env(longs[0])
             key = longs[0][2:]
-            if os.environ.get(env):
-                value, source = os.environ[env], f"env {env}"
+            if env_value(env):
+                value, source = env_value(env), f"env {env}"
             elif file.has(command_name, key):
                 value, source = file.value(command_name, key), f"file {file.path}"
             else:
                 value, source = param.default, "default"
             typer.echo(f"{key} = {json.dumps(value, default=str)}  ({source})")
-    token, source = resolve_token(None, dict(os.environ), file.value("", "token"))
+    token, source = resolve_token(None, environment(), file.value("", "token"))
     masked = "unset" if token is None else ("****" + token[-4:] if len(token) > 8 else "****")
     typer.echo(f"token = {masked}  ({source})")
     settings = load_settings(

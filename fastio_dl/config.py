@@ -144,6 +144,21 @@ CONFIG_NAME = "config.toml"
 FILE_ONLY_KEYS = ("token", "api-base")
 
 
+def uvloop_wanted(env: dict[str, str] | None = None) -> bool:
+    """``FASTIO_DL_NO_UVLOOP=1`` keeps the standard asyncio loop (for comparisons)."""
+    environ = os.environ if env is None else env
+    return not environ.get("FASTIO_DL_NO_UVLOOP")
+
+
+def environment() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def env_value(name: str) -> str | None:
+    """An environment variable, for ``config show`` (the one other reader of the environment)."""
+    return os.environ.get(name) or None
+
+
 def option_env(name: str) -> str:
     """An option's environment variable: ``--max-retry-wait`` -> ``FASTIO_DL_MAX_RETRY_WAIT``."""
     return OPTION_ENV_PREFIX + name.lstrip("-").replace("-", "_").upper()

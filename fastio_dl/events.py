@@ -96,17 +96,17 @@ class Fanout:
 
 
 class Recorder:
-    """Keeps every event; used by tests and by the CLI to compute the outcome."""
+    """Keeps the per-file results (for the sync dry-run summary and for tests)."""
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[FileFinished] = []
 
     def emit(self, event: Event) -> None:
-        if not isinstance(event, FileProgress):
+        if isinstance(event, FileFinished):
             self.events.append(event)
 
     def close(self) -> None:
         pass
 
     def finished(self) -> list[FileFinished]:
-        return [e for e in self.events if isinstance(e, FileFinished)]
+        return self.events
