@@ -246,3 +246,29 @@ def test_progress_json_lines_on_stderr(served: Served, tmp_path: Path) -> None:
 def test_bad_progress_mode_is_a_usage_error(served: Served, tmp_path: Path) -> None:
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path), "--progress", "fancy")
     assert result.exit_code == 2 and "--progress" in result.stderr
+
+
+@pytest.mark.parametrize("algo", ["md5", "sha1", "sha384"])
+def test_other_hash_algorithms_are_verified(served: Served, tmp_path: Path, algo: str) -> None:
+    node = served.server.call(
+        lambda: served.space.add_file("root", f"{algo}.bin", SeededBlob(5, 200_000), hash_algo=algo)
+    )
+    ok = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path / "ok"))
+    assert ok.exit_code == 0, ok.stderr
+    served.server.call(lambda: served.emulator.set_faults([Fault("wrong_bytes", after_bytes=7)]))
+    bad = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path / "bad"), "--retries", "1")
+    assert bad.exit_code == 1 and f"{algo} mismatch" in bad.stderr
+    assert not (tmp_path / "bad" / node.name).exists()
+
+
+def test_missing_hash_downloads_with_a_warning(served: Served, tmp_path: Path) -> None:
+    def add():
+        node = served.space.add_file("root", "nohash.bin", SeededBlob(6, 50_000))
+        node.hidden_hash = True
+        return node
+
+    node = served.server.call(add)
+    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert "warning:" in result.stderr and "hash not verified" in result.stderr
+    assert (tmp_path / "nohash.bin").read_bytes() == node.blob.read(0, 50_000)
