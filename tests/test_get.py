@@ -256,7 +256,9 @@ def test_other_hash_algorithms_are_verified(served: Served, tmp_path: Path, algo
     ok = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path / "ok"))
     assert ok.exit_code == 0, ok.stderr
     served.server.call(lambda: served.emulator.set_faults([Fault("wrong_bytes", after_bytes=7)]))
-    bad = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path / "bad"), "--retries", "1")
+    bad = served.cli(
+        "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path / "bad"), "--retries", "1"
+    )
     assert bad.exit_code == 1 and f"{algo} mismatch" in bad.stderr
     assert not (tmp_path / "bad" / node.name).exists()
 
