@@ -1,0 +1,108 @@
+"""The emulator itself: the contract's shapes, Range, pagination, auth, counters."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from fastio_dl.emulator import DEFAULT_TOKEN, DatasetSpec, EmulatorThread, build
+
+
+def call(
+    base: str, path: str, token: str | None = DEFAULT_TOKEN, headers: dict[str, str] | None = None
+):
+    request = urllib.request.Request(base + path, headers={**(headers or {})})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def body(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def test_fixture_serves_a_workspace(fastio_emulator: EmulatorThread) -> None:
+    status, _, raw = call(fastio_emulator.api_base, "/user/auth/check/")
+    assert status == 200 and body(raw)["result"] is True
+    assert call(fastio_emulator.api_base, "/user/auth/check/", token=None)[0] == 401
+    assert call(fastio_emulator.api_base, "/user/auth/check/", token="wrong")[0] == 401
+
+
+@pytest.fixture
+def emu():
+    emulator, space = build(DatasetSpec(files=600, depth=0, max_size=2000, notes=0, links=0))
+    with EmulatorThread(emulator) as server:
+        yield server, space
+
+
+def test_pagination_and_page_sizes(emu) -> None:
+    server, space = emu
+    base = f"/workspace/{space.id}/storage/root/list/"
+    assert call(server.api_base, base + "?page_size=42")[0] == 400
+    seen, cursor, pages = [], None, 0
+    while True:
+        status, _, raw = call(
+            server.api_base, base + "?page_size=250" + (f"&cursor={cursor}" if cursor else "")
+        )
+        assert status == 200
+        page = body(raw)
+        seen += [n["id"] for n in page["nodes"]["items"]]
+        pages += 1
+        assert page["next_cursor"] == page["pagination"]["next_cursor"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert pages == 3 and len(seen) == len(set(seen)) == 600
+
+
+def test_bulk_details_shapes(emu) -> None:
+    server, space = emu
+    ids = [n.id for n in list(space.files())[:26]]
+    status, _, raw = call(
+        server.api_base, f"/workspace/{space.id}/storage/{','.join(ids[:3])}/details/"
+    )
+    assert status == 200 and body(raw)["format"] == "multi" and len(body(raw)["nodes"]) == 3
+    assert all({"hash", "hash_algo", "version", "size"} <= set(n) for n in body(raw)["nodes"])
+    assert (
+        call(server.api_base, f"/workspace/{space.id}/storage/{','.join(ids)}/details/")[0] == 400
+    )
+    missing = "2" + "k" * 28
+    status, _, raw = call(
+        server.api_base, f"/workspace/{space.id}/storage/{missing},{missing}/details/"
+    )
+    assert status == 404 and body(raw)["errors"][0]["node_id"] == missing
+    status, _, raw = call(server.api_base, f"/workspace/{space.id}/storage/{ids[0]}/details/")
+    assert body(raw)["format"] == "single" and body(raw)["node"]["id"] == ids[0]
+
+
+def test_read_with_range_and_tokens(emu) -> None:
+    server, space = emu
+    node = max(space.files(), key=lambda n: n.blob.size)
+    path = f"/workspace/{space.id}/storage/{node.id}"
+    data = node.blob.read(0, node.blob.size)
+    token = body(call(server.api_base, path + "/requestread/")[2])["token"]
+    status, headers, raw = call(server.api_base, f"{path}/read/?token={token}", token=None)
+    assert status == 200 and raw == data and headers["ETag"] == f'"{node.blob.digest("sha256")}"'
+    status, headers, raw = call(
+        server.api_base, f"{path}/read/?token={token}", token=None, headers={"Range": "bytes=10-"}
+    )
+    assert status == 206 and raw == data[10:]
+    assert headers["Content-Range"] == f"bytes 10-{len(data) - 1}/{len(data)}"
+    status, _, _ = call(
+        server.api_base,
+        f"{path}/read/?token={token}",
+        token=None,
+        headers={"Range": f"bytes={len(data)}-"},
+    )
+    assert status == 416
+    assert call(server.api_base, f"{path}/read/?token=forged", token=None)[0] == 401
+    assert call(server.api_base, f"{path}/read/")[0] == 200  # the API token works too
+    assert server.emulator.counters["tokens_minted"] == 1
