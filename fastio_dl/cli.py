@@ -156,18 +156,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def command_options() -> dict[str, set[str]]:
-    """Long option names of every command, for config-file validation and ``config show``."""
-    import typer.main
+def command_params(group: Any) -> dict[str, dict[str, str]]:
+    """For each command of the (already built) Click group: long option name -> parameter name.
 
-    group = typer.main.get_command(app)
-    out: dict[str, set[str]] = {}
-    for name, command in group.commands.items():  # type: ignore[attr-defined]
-        names: set[str] = set()
-        for param in command.params:
-            names.update(opt[2:] for opt in getattr(param, "opts", []) if opt.startswith("--"))
-        names.discard("help")
-        out[name] = names
+    Takes the group from the running context: building it again from the Typer app costs as
+    much as a whole small download (measured with py-spy).
+    """
+    out: dict[str, dict[str, str]] = {}
+    for name, command in group.commands.items():
+        options = {
+            opt[2:]: param.name
+            for param in command.params
+            for opt in getattr(param, "opts", [])
+            if opt.startswith("--") and opt != "--help"
+        }
+        out[name] = options
     return out
 
 
@@ -194,45 +197,23 @@ def main(
     ] = None,
 ) -> None:
     """Fast, verified, resumable bulk downloads from Fast.io workspaces and shares."""
+    params = command_params(ctx.command)
     try:
         path = config or default_config_path()[0]
-        loaded = load_config_file(path, required=config is not None, commands=command_options())
+        commands = {name: set(options) for name, options in params.items()}
+        loaded = load_config_file(path, required=config is not None, commands=commands)
     except UsageError as exc:
         _fail(exc.message, exc.hint, int(exc.exit_code))
     _CONFIG["file"] = loaded
     # Click ranks default_map below flags and environment variables: exactly what we want.
-    ctx.default_map = _param_names(
-        {
-            command: {
-                param.replace("-", "_"): loaded.value(command, param)
-                for param in names
-                if loaded.has(command, param) and param not in FILE_ONLY_KEYS
-            }
-            for command, names in command_options().items()
+    ctx.default_map = {
+        command: {
+            param: loaded.value(command, option)
+            for option, param in options.items()
+            if loaded.has(command, option) and option not in FILE_ONLY_KEYS
         }
-    )
-
-
-def _param_names(default_map: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Option names to Python parameter names (``--json`` is ``json_out``)."""
-    import typer.main
-
-    group = typer.main.get_command(app)
-    out: dict[str, dict[str, Any]] = {}
-    for command, values in default_map.items():
-        cmd = group.commands.get(command)  # type: ignore[attr-defined]
-        by_opt = (
-            {
-                opt[2:].replace("-", "_"): p.name
-                for p in cmd.params
-                for opt in getattr(p, "opts", [])
-                if opt.startswith("--")
-            }
-            if cmd
-            else {}
-        )
-        out[command] = {by_opt.get(key, key): value for key, value in values.items()}
-    return out
+        for command, options in params.items()
+    }
 
 
 # ----------------------------------------------------------------------------- error handling
@@ -818,21 +799,19 @@ def verify(
 
 
 @config_app.command("show")
-def config_show() -> None:
+def config_show(ctx: typer.Context) -> None:
     """Print each effective option value and where it came from (flag > env > file > default)."""
-    import typer.main
-
     from fastio_dl.config import resolve_token
 
     file = _CONFIG["file"]
-    group = typer.main.get_command(app)
+    group = ctx.find_root().command
     typer.echo(
         f"config file: {file.path or default_config_path()[0]}"
         + ("" if file.path else " (not present)")
     )
     seen: set[str] = set()
     for command_name in ("get", "sync", "ls", "verify"):
-        command = group.commands[command_name]  # type: ignore[attr-defined]
+        command = group.commands[command_name]  # type: ignore[attr-defined]  # a Click group
         for param in command.params:
             longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
             if not longs or longs[0] in seen or longs[0] in ("--help", "--token", "--api-base"):
