@@ -366,3 +366,57 @@ def test_wheel_has_the_package_and_no_tests(tmp_path: Path) -> None:
     assert (
         "fastio-dl = fastio_dl.cli:entrypoint" in zipfile.ZipFile(wheel).read(entry_points).decode()
     )
+
+
+def _run_in_pty(argv: list[str], env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
+    """Run argv with stderr and stdout on a pseudo-terminal; return (exit code, output)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(10), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_live_panel_on_a_terminal_and_no_color(
+    served: Served, tmp_path: Path, no_color: bool
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env.update({"TERM": "xterm-256color", "COLUMNS": "100"})
+    if no_color:
+        env["NO_COLOR"] = "1"
+    argv = [
+        sys.executable,
+        "-m",
+        "fastio_dl",
+        "get",
+        f"ws:{served.ws}/root",
+        "-d",
+        str(tmp_path),
+        "--api-base",
+        served.server.api_base,
+        "--token",
+        DEFAULT_TOKEN,
+    ]
+    code, output = _run_in_pty(argv, env)
+    assert code == 0, output
+    assert "total" in output and "20 downloaded, 2 skipped, 0 failed" in output  # the panel ran
+    colours = re.findall(r"\x1b\[[0-9;]*(?:3[0-9]|9[0-7]|38;[0-9;]+)m", output)
+    assert (not colours) if no_color else colours
