@@ -420,3 +420,17 @@ def test_live_panel_on_a_terminal_and_no_color(
     assert "total" in output and "20 downloaded, 2 skipped, 0 failed" in output  # the panel ran
     colours = re.findall(r"\x1b\[[0-9;]*(?:3[0-9]|9[0-7]|38;[0-9;]+)m", output)
     assert (not colours) if no_color else colours
+
+
+def test_readme_manifest_example_is_a_valid_manifest() -> None:
+    from fastio_dl.manifest import parse_manifest
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("one `REF [DEST]` per line:\n\n```text\n", 1)[1].split("```", 1)[0]
+    manifest = parse_manifest(block, "README")
+    assert [t.dest.as_posix() if t.dest else None for t in manifest.targets] == [
+        None,
+        "reports/q3 final.pdf",
+        "media",
+        "shares/partner",
+    ]
