@@ -630,13 +630,20 @@ class Engine:
                 await flush()
 
     async def _after_read_error(self, item: PlanItem, state: _FetchState, exc: ApiError) -> None:
-        if exc.status == 401 and not state.refreshed and self.settings.read_mode != "bearer":
+        # A bearer read refused with 403 may only mean "this endpoint wants a read token"
+        # (nothing public says which status it uses): in auto mode, try one before failing.
+        refused = exc.status == 401 or (
+            exc.status == 403 and state.token is None and self.settings.read_mode == "auto"
+        )
+        if refused and not state.refreshed and self.settings.read_mode != "bearer":
             # Read tokens expire (about 2 h), and a bearer read may be refused: mint one
             # fresh read token per file, then give up.
             state.refreshed = True
             state.token = await self._mint(item, force=True)
             raise TransferError(
-                "read refused (401); minted a fresh read token", retryable=True, wait_hint=0
+                f"read refused ({exc.status}); minted a fresh read token",
+                retryable=True,
+                wait_hint=0,
             ) from exc
         raise exc
 

@@ -203,9 +203,13 @@ def test_sizes_including_empty_and_multi_chunk(served: Served, tmp_path: Path, s
     assert (tmp_path / node.name).read_bytes() == node.blob.read(0, size)
 
 
-def test_auto_read_mode_falls_back_to_a_read_token(served: Served, tmp_path: Path) -> None:
+@pytest.mark.parametrize("status", [401, 403])
+def test_auto_read_mode_falls_back_to_a_read_token(
+    served: Served, tmp_path: Path, status: int
+) -> None:
     nodes = list(served.space.files())[:3]
     served.emulator.switches.bearer_reads = False
+    served.emulator.switches.bearer_refusal_status = status
     refs = [f"ws:{served.ws}/{n.id}" for n in nodes]
     refused = served.cli("get", *refs, "-d", str(tmp_path / "b"), "--read-mode", "bearer")
     assert refused.exit_code == 1 and served.stat("tokens_minted") == 0

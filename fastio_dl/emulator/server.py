@@ -88,7 +88,8 @@ class Switches:
     latency: float = 0.0  # seconds added to every request
     bandwidth: int = 0  # bytes per second per read (0: unlimited)
     range_enabled: bool = True
-    bearer_reads: bool = True  # False: /read/ refuses the API token (401), wants ?token=
+    bearer_reads: bool = True  # False: /read/ refuses the API token, wants ?token=
+    bearer_refusal_status: int = 401
     redirect_reads_to: str | None = None  # base URL of another origin: /read/ answers 307 there
     faults: list[Fault] = field(default_factory=list)
     seed: int = 7
@@ -353,7 +354,8 @@ class Emulator:
             if denied:
                 return denied
             if not self.switches.bearer_reads:
-                return _error(401, 10003, "Use a read token for this endpoint")
+                status = self.switches.bearer_refusal_status
+                return _error(status, 10003, "Use a read token for this endpoint")
         if node is None:
             return _error(404, 1404, "Node not found")
         if node.type != "file" or node.blob is None:
