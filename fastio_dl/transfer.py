@@ -17,6 +17,7 @@ import collections
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -373,22 +374,8 @@ class Engine:
         start = part.resumable_offset()
         self.reporter.emit(FileStarted(item.key, str(final), remote.size, start))
         state = _FetchState(token=token)
-
-        def before_sleep(retry_state: RetryCallState) -> None:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-            self.reporter.emit(
-                FileRetry(
-                    item.key,
-                    str(final),
-                    retry_state.attempt_number,
-                    self.client.redact(str(exc)),
-                    round(wait, 2),
-                )
-            )
-
         try:
-            async for attempt in self.retry.retrying(before_sleep):
+            async for attempt in self.retry.retrying(self._report_retry(item.key, str(final))):
                 with attempt:
                     first = start if attempt.retry_state.attempt_number == 1 else None
                     # Only the network part holds one of the -j slots: hashing and writing
@@ -544,21 +531,8 @@ class Engine:
         changed: asyncio.Event,
     ) -> None:
         remote = item.remote
-
-        def before_sleep(retry_state: RetryCallState) -> None:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-            self.reporter.emit(
-                FileRetry(
-                    item.key,
-                    f"{final} [bytes {seg[0]}-{seg[1]}]",
-                    retry_state.attempt_number,
-                    self.client.redact(str(exc)),
-                    round(wait, 2),
-                )
-            )
-
-        async for attempt in self.retry.retrying(before_sleep):
+        label = f"{final} [bytes {seg[0]}-{seg[1]}]"
+        async for attempt in self.retry.retrying(self._report_retry(item.key, label)):
             with attempt:
                 start = seg[0] + seg[2]
                 if start > seg[1]:
@@ -628,6 +602,24 @@ class Engine:
         finally:
             with contextlib.suppress(FastioDlError):
                 await flush()
+
+    def _report_retry(self, key: int, label: str) -> Callable[[RetryCallState], None]:
+        """A tenacity ``before_sleep`` hook that tells the reporter about the retry."""
+
+        def before_sleep(retry_state: RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+            self.reporter.emit(
+                FileRetry(
+                    key,
+                    label,
+                    retry_state.attempt_number,
+                    self.client.redact(str(exc)),
+                    round(wait, 2),
+                )
+            )
+
+        return before_sleep
 
     async def _after_read_error(self, item: PlanItem, state: _FetchState, exc: ApiError) -> None:
         # A bearer read refused with 403 may only mean "this endpoint wants a read token"
