@@ -76,6 +76,21 @@ class Served:
         result = CliRunner().invoke(app, argv, input=input, catch_exceptions=False)
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
+    def argv(self, *args: str) -> list[str]:
+        """The real CLI as a child process (for signals, kills and terminals), pointed here."""
+        import sys
+
+        return [
+            sys.executable,
+            "-m",
+            "fastio_dl",
+            *args,
+            "--api-base",
+            self.server.api_base,
+            "--token",
+            DEFAULT_TOKEN,
+        ]
+
     def expected(self) -> dict[str, str]:
         """Remote relative path -> sha256 of every file in the workspace."""
         return {self.space.path_of(n.id): n.blob.digest("sha256") for n in self.space.files()}

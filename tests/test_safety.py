@@ -8,7 +8,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -112,22 +111,7 @@ def test_broken_read_resumes_from_current_offset(served: Served, tmp_path: Path)
 
 def _spawn_get(served: Served, dest: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastio_dl",
-            "get",
-            f"ws:{served.ws}/root",
-            "-d",
-            str(dest),
-            "--api-base",
-            served.server.api_base,
-            "--token",
-            DEFAULT_TOKEN,
-            "--progress",
-            "plain",
-            *extra,
-        ],
+        served.argv("get", f"ws:{served.ws}/root", "-d", str(dest), "--progress", "plain", *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

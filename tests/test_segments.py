@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from fastio_dl.emulator import DEFAULT_TOKEN, Fault, SeededBlob
+from fastio_dl.emulator import Fault, SeededBlob
 from fastio_dl.transfer import contiguous_done, split_segments
 from tests.conftest import Served
 
@@ -93,22 +92,9 @@ def test_killed_segmented_download_resumes_each_segment(served: Served, tmp_path
     node = add_big(served, 8_000_000)
     served.emulator.switches.bandwidth = 1_000_000
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastio_dl",
-            "get",
-            f"ws:{served.ws}/{node.id}",
-            "-d",
-            str(tmp_path),
-            "--api-base",
-            served.server.api_base,
-            "--token",
-            DEFAULT_TOKEN,
-            "--progress",
-            "none",
-            *SEG,
-        ],
+        served.argv(
+            "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--progress", "none", *SEG
+        ),
     )
     sidecar = tmp_path / "big.bin.part.json"
     deadline = time.monotonic() + 20

@@ -402,19 +402,7 @@ def test_live_panel_on_a_terminal_and_no_color(
     env.update({"TERM": "xterm-256color", "COLUMNS": "100"})
     if no_color:
         env["NO_COLOR"] = "1"
-    argv = [
-        sys.executable,
-        "-m",
-        "fastio_dl",
-        "get",
-        f"ws:{served.ws}/root",
-        "-d",
-        str(tmp_path),
-        "--api-base",
-        served.server.api_base,
-        "--token",
-        DEFAULT_TOKEN,
-    ]
+    argv = served.argv("get", f"ws:{served.ws}/root", "-d", str(tmp_path))
     code, output = _run_in_pty(argv, env)
     assert code == 0, output
     assert "total" in output and "20 downloaded, 2 skipped, 0 failed" in output  # the panel ran

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastio_dl.emulator import DEFAULT_TOKEN, BytesBlob, DatasetSpec, SeededBlob
+from fastio_dl.emulator import BytesBlob, DatasetSpec, SeededBlob
 from fastio_dl.manifest import parse_manifest
 from fastio_dl.sync import destination_lock
 from tests.conftest import Served, tree_digests
@@ -227,23 +227,7 @@ def test_sync_killed_mid_run_is_completed_by_the_next(make_served, tmp_path: Pat
     dest = tmp_path / "dest"
     manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastio_dl",
-            "sync",
-            str(manifest),
-            "-d",
-            str(dest),
-            "--api-base",
-            served.server.api_base,
-            "--token",
-            DEFAULT_TOKEN,
-            "--progress",
-            "none",
-            "-j",
-            "4",
-        ],
+        served.argv("sync", str(manifest), "-d", str(dest), "--progress", "none", "-j", "4"),
     )
     deadline = time.monotonic() + 20
     part = dest / "big.bin.part"
