@@ -30,6 +30,12 @@ def summary_line(event: RunSummary) -> str:
     )
 
 
+def _worth_saying(event: FileFinished) -> bool:
+    """Skips a user wants to see: a dry run's plan, a kept different file, an adoption."""
+    reason = event.reason or ""
+    return reason.startswith("dry run") or "--no-clobber" in reason or reason.startswith("adopted")
+
+
 class PlainReporter:
     def __init__(
         self,
@@ -70,7 +76,11 @@ class PlainReporter:
             self._finished += 1
             if event.status == "failed":
                 self._line(f"failed: {event.path or event.ref}: {event.error}")
-            elif not self.quiet:
+            elif not self.quiet and (
+                event.status != "skipped" or self.debug or _worth_saying(event)
+            ):
+                # Up-to-date files stay silent: a cron sync of 10,000 unchanged files prints
+                # its summary, not 10,000 lines. --debug lists them.
                 extra = f" ({event.reason})" if event.reason else ""
                 self._line(f"{event.status}: {event.path}{extra}")
         elif isinstance(event, FileRetry):
