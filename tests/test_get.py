@@ -278,3 +278,13 @@ def test_missing_hash_downloads_with_a_warning(served: Served, tmp_path: Path) -
     assert result.exit_code == 0, result.stderr
     assert "warning:" in result.stderr and "hash not verified" in result.stderr
     assert (tmp_path / "nohash.bin").read_bytes() == node.blob.read(0, 50_000)
+
+
+def test_plain_lines_skip_unchanged_files_unless_debug(served: Served, tmp_path: Path) -> None:
+    assert served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path)).exit_code == 0
+    again = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path))
+    assert again.exit_code == 0
+    assert again.stderr.strip().splitlines() == [again.stderr.strip().splitlines()[-1]]
+    assert "0 downloaded, 22 skipped, 0 failed" in again.stderr
+    debug = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path), "--debug")
+    assert debug.stderr.count("skipped: ") == 22
