@@ -30,13 +30,12 @@ from fastio_dl.config import (
     Settings,
     default_config_path,
     env_value,
-    environment,
     load_config_file,
     load_settings,
     option_env,
     uvloop_wanted,
 )
-from fastio_dl.errors import AuthError, ExitCode, FastioDlError, UsageError, redact
+from fastio_dl.errors import ExitCode, FastioDlError, UsageError, missing_token_error, redact
 from fastio_dl.events import Fanout, Recorder, Reporter
 from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
 from fastio_dl.planner import Target
@@ -341,9 +340,7 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
         "log_file": values.get("log_file"),
     }
     check_choice("--progress", values["progress"], PROGRESS_MODES)
-    file = _CONFIG["file"]
-    file_values = {key: file.value("", key) for key in FILE_ONLY_KEYS if file.has("", key)}
-    return load_settings(flags, file_values=file_values)
+    return load_settings(flags, file_values=_CONFIG["file"].low_precedence_values())
 
 
 def make_run_reporter(values: dict[str, Any], settings: Settings) -> Reporter:
@@ -391,7 +388,7 @@ def run_engine(
 ) -> Outcome:
     """Run the engine once with SIGINT/SIGTERM wired to a clean stop."""
     if settings.token is None:
-        raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
+        raise missing_token_error()
     received: list[int] = []
 
     async def go() -> Outcome:
@@ -592,7 +589,7 @@ def sync(
             text, name, workspace=workspace, share=share, allow_empty=allow_empty
         )
         if settings.token is None:
-            raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
+            raise missing_token_error()
         dest.mkdir(parents=True, exist_ok=True)
         with destination_lock(dest, wait_lock):
             state = State(state_path(dest))
@@ -697,14 +694,12 @@ _LS_HEADER = ("TYPE", "SIZE", "MODIFIED", "ID", "PATH")
 def _api_settings(
     token: str | None, api_base: str | None, ca_bundle: Path | None, debug: bool
 ) -> Settings:
-    file = _CONFIG["file"]
-    file_values = {key: file.value("", key) for key in FILE_ONLY_KEYS if file.has("", key)}
     settings = load_settings(
         {"token": token, "api_base": api_base, "ca_bundle": ca_bundle, "debug": debug},
-        file_values=file_values,
+        file_values=_CONFIG["file"].low_precedence_values(),
     )
     if settings.token is None:
-        raise AuthError("no API token", "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY")
+        raise missing_token_error()
     return settings
 
 
@@ -801,7 +796,6 @@ def verify(
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """Print each effective option value and where it came from (flag > env > file > default)."""
-    from fastio_dl.config import resolve_token
 
     file = _CONFIG["file"]
     group = ctx.find_root().command
@@ -826,12 +820,10 @@ def config_show(ctx: typer.Context) -> None:
             else:
                 value, source = param.default, "default"
             typer.echo(f"{key} = {json.dumps(value, default=str)}  ({source})")
-    token, source = resolve_token(None, environment(), file.value("", "token"))
+    settings = load_settings({}, file_values=file.low_precedence_values())
+    token = settings.token
     masked = "unset" if token is None else ("****" + token[-4:] if len(token) > 8 else "****")
-    typer.echo(f"token = {masked}  ({source})")
-    settings = load_settings(
-        {}, file_values={k: file.value("", k) for k in FILE_ONLY_KEYS if file.has("", k)}
-    )
+    typer.echo(f"token = {masked}  ({settings.sources['token']})")
     typer.echo(f"api-base = {settings.api_base!r}  ({settings.sources['api_base']})")
 
 

@@ -39,6 +39,7 @@ from fastio_dl.errors import (
     PaymentRequiredError,
     ShortReadError,
     TransferError,
+    missing_token_error,
     redact,
     register_secret,
 )
@@ -338,17 +339,13 @@ class FastioClient:
 
     def _auth_headers(self) -> dict[str, str]:
         if not self._token:
-            raise AuthError(
-                "no API token",
-                "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY (create an API key in "
-                "the Fast.io web app under Settings)",
-            )
+            raise missing_token_error()
         return {"Authorization": f"Bearer {self._token}"}
 
     def _url(self, context: str, context_id: str, node: str, action: str) -> str:
         return f"{self._base}/{context}/{context_id}/storage/{node}/{action}/"
 
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         async for attempt in self._policy.retrying():
             with attempt:
                 return await call()
@@ -390,7 +387,7 @@ class FastioClient:
                 raise ApiError(status if status >= 400 else 502, f"{what}: {text}")
             return body
 
-        return await self._retry(what, once)
+        return await self._retry(once)
 
     # -- endpoints
     async def check_auth(self) -> Mapping[str, Any]:
@@ -500,9 +497,9 @@ class FastioClient:
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for ``url`` (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY)."""
     parts = urlsplit(url)
-    if proxy_bypass_environment(parts.hostname or "", getproxies_environment()):
-        return None
     proxies = getproxies_environment()
+    if proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
     return proxies.get(parts.scheme) or proxies.get("all") or None
 
 

@@ -150,10 +150,6 @@ def uvloop_wanted(env: dict[str, str] | None = None) -> bool:
     return not environ.get("FASTIO_DL_NO_UVLOOP")
 
 
-def environment() -> dict[str, str]:
-    return dict(os.environ)
-
-
 def env_value(name: str) -> str | None:
     """An environment variable, for ``config show`` (the one other reader of the environment)."""
     return os.environ.get(name) or None
@@ -190,6 +186,10 @@ class ConfigFile:
     def has(self, command: str, key: str) -> bool:
         key = key.replace("_", "-")
         return key in self.commands.get(command, {}) or key in self.common
+
+    def low_precedence_values(self) -> dict[str, Any]:
+        """``token``/``api-base`` from the file, for :func:`load_settings` (below the env)."""
+        return {key: self.common[key] for key in FILE_ONLY_KEYS if key in self.common}
 
 
 EMPTY_CONFIG = ConfigFile(None, {}, {})

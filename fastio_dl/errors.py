@@ -60,6 +60,15 @@ class PaymentRequiredError(AuthError):
     pass
 
 
+def missing_token_error() -> AuthError:
+    """The one message for a run without any API token."""
+    return AuthError(
+        "no API token",
+        "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY (create an API key in the Fast.io "
+        "web app under Settings)",
+    )
+
+
 class LockedError(FastioDlError):
     exit_code = ExitCode.LOCKED
 
