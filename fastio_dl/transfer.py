@@ -17,7 +17,7 @@ import collections
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -573,35 +573,52 @@ class Engine:
         state: _FetchState,
         changed: asyncio.Event,
     ) -> None:
-        length = seg[1] - seg[0] + 1
+        async def write(batch: list[bytes]) -> None:
+            await part.write_at(seg[0] + seg[2], batch)
+            seg[2] += sum(len(chunk) for chunk in batch)
+            part.save_segments(segments)
+            changed.set()
+
+        room = seg[1] - seg[0] + 1 - seg[2]
+        too_much = "the server sent more than the range asked for"
+        await self._pump(item, stream, state, room, SEGMENT_BLOCK, write, too_much)
+
+    async def _pump(
+        self,
+        item: PlanItem,
+        stream: ReadStream,
+        state: _FetchState,
+        room: int,
+        block: int,
+        write: Callable[[list[bytes]], Awaitable[None]],
+        too_much: str,
+    ) -> None:
+        """Move a body into ``write`` in batches of ``block`` bytes, refusing more than ``room``.
+
+        Bytes that arrived before a break are good: they are written even when the read fails,
+        so the retry resumes after them.
+        """
         batch: list[bytes] = []
-        batched = 0
+        batched = received = 0
         emit = self.reporter.emit
-
-        async def flush() -> None:
-            nonlocal batch, batched
-            if batch:
-                await part.write_at(seg[0] + seg[2], batch)
-                seg[2] += batched
-                batch, batched = [], 0
-                part.save_segments(segments)
-                changed.set()
-
         try:
             async for chunk in stream.chunks():
-                if seg[2] + batched + len(chunk) > length:
-                    raise IntegrityError("the server sent more than the range asked for")
+                received += len(chunk)
+                if received > room:
+                    raise IntegrityError(too_much)
                 batch.append(chunk)
                 batched += len(chunk)
                 state.transferred += len(chunk)
                 emit(FileProgress(item.key, len(chunk)))
                 if self._limiter is not None:
                     await self._limiter.take(len(chunk))
-                if batched >= SEGMENT_BLOCK:
-                    await flush()
+                if batched >= block:
+                    await write(batch)
+                    batch, batched = [], 0
         finally:
-            with contextlib.suppress(FastioDlError):
-                await flush()
+            if batch:
+                with contextlib.suppress(FastioDlError):
+                    await write(batch)
 
     def _report_retry(self, key: int, label: str) -> Callable[[RetryCallState], None]:
         """A tenacity ``before_sleep`` hook that tells the reporter about the retry."""
@@ -648,30 +665,8 @@ class Engine:
         self, item: PlanItem, part: Part, stream: ReadStream, state: _FetchState
     ) -> None:
         size = item.remote.size
-        batch: list[bytes] = []
-        batched = 0
-        emit = self.reporter.emit
-        key = item.key
-        try:
-            async for chunk in stream.chunks():
-                if part.offset + batched + len(chunk) > size:
-                    raise IntegrityError(
-                        f"the server sent more than the {size} bytes the API announced"
-                    )
-                batch.append(chunk)
-                batched += len(chunk)
-                state.transferred += len(chunk)
-                emit(FileProgress(key, len(chunk)))
-                if self._limiter is not None:
-                    await self._limiter.take(len(chunk))
-                if batched >= WRITE_BLOCK:
-                    await part.write(batch)
-                    batch, batched = [], 0
-        finally:
-            # Bytes that arrived before a break are good: keep them so the retry resumes after them.
-            if batch:
-                with contextlib.suppress(FastioDlError):
-                    await part.write(batch)
+        too_much = f"the server sent more than the {size} bytes the API announced"
+        await self._pump(item, stream, state, size - part.offset, WRITE_BLOCK, part.write, too_much)
 
     # ------------------------------------------------------------------ accounting
     def _fail(self, item: PlanItem, final: Path, error: str) -> None:
