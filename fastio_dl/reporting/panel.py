@@ -86,6 +86,11 @@ class RichPanel:
             self.bytes_total += event.size
             self._describe_overall()
         elif isinstance(event, FileStarted):
+            old = self.rows.pop(event.key, None)
+            if old is not None:  # started again (segments fell back to one stream): one row
+                done = next(t.completed for t in self.progress.tasks if t.id == old)
+                self.progress.advance(self.overall, -done)
+                self.progress.remove_task(old)
             visible = sum(1 for t in self.progress.tasks if t.visible) <= MAX_VISIBLE_ROWS
             self.rows[event.key] = self.progress.add_task(
                 _short(event.path), total=event.size, completed=event.offset, visible=visible
