@@ -390,10 +390,6 @@ class FastioClient:
         return await self._retry(once)
 
     # -- endpoints
-    async def check_auth(self) -> Mapping[str, Any]:
-        body = await self._get_json(f"{self._base}/user/auth/check/", "token check")
-        return payload_of(body)
-
     async def details(
         self, context: str, context_id: str, node_ids: list[str]
     ) -> tuple[list[Mapping[str, Any]], dict[str, str]]:

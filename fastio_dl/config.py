@@ -18,10 +18,6 @@ DEFAULT_STALL_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_BACKOFF_INITIAL = 1.0
 DEFAULT_MAX_RETRY_WAIT = 300.0
-# Read-token lookahead: tokens live about 2 h, so a small queue minted just ahead of the
-# download slots keeps them fresh while hiding the round trip.
-TOKEN_LOOKAHEAD_FACTOR = 2
-
 TOKEN_ENV_VARS = ("FASTIO_DL_TOKEN", "FASTIO_TOKEN", "FASTIO_API_KEY")
 API_BASE_ENVS = ("FASTIO_DL_API_BASE", "FASTIO_API_BASE")
 OFFICIAL_CLI_CREDENTIALS = Path("fastio-cli") / "credentials.json"

@@ -10,8 +10,9 @@ Hierarchy::
     └── TransferError             one file failed; the run goes on (exit 1 at the end)
         ├── ApiError              an HTTP error answered by the API or the read endpoint
         ├── IntegrityError        size or hash mismatch after a complete read
+        ├── ShortReadError        the body broke off or stalled (retried, resumed)
         ├── DiskSpaceError        not enough room for a file
-        └── CollisionError        two remote files map to one local path
+        └── WriteError            a local write failed (ENOSPC, EIO): new files stop
 
 This module imports nothing from the package so that every other module may use it.
 """
@@ -128,10 +129,6 @@ class DiskSpaceError(TransferError):
 
 class WriteError(TransferError):
     """A local write failed (ENOSPC, EIO, permission): stops new files from starting."""
-
-
-class CollisionError(TransferError):
-    pass
 
 
 _TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")

@@ -42,10 +42,6 @@ class Ref:
     text: str  # what the user typed, for messages and manifests
 
     @property
-    def is_root(self) -> bool:
-        return self.node == "root"
-
-    @property
     def key(self) -> tuple[str, str, str]:
         return (self.context, self.context_id, self.node)
 

@@ -29,7 +29,6 @@ DISK_MARGIN = 1024 * 1024
 HASH_BLOCK = 1024 * 1024
 IOV_MAX = 512
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
-INLINE_HASH = 16 * 1024  # smaller buffers are hashed on the loop (a thread hop costs more)
 KNOWN_ALGOS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 _WINDOWS_RESERVED = frozenset(
     {"con", "prn", "aux", "nul"}

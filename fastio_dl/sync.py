@@ -36,7 +36,6 @@ class SyncPolicy:
     def __init__(self, state: State, *, dry_run: bool) -> None:
         self.state = state
         self.dry_run = dry_run
-        self.adopted = 0
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
         remote = item.remote
@@ -51,7 +50,6 @@ class SyncPolicy:
             return Decision(skip_reason="up to date")
         if final.exists():  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
             if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
-                self.adopted += 1
                 if self.dry_run:
                     return Decision(skip_reason="dry run: would adopt (identical local file)")
                 await self.record(item, final)

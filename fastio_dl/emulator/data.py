@@ -242,12 +242,6 @@ class Store:
     def find(self, kind: str, key: str) -> Space | None:
         return self.spaces.get((kind, key))
 
-    def unique_spaces(self) -> list[Space]:
-        seen: dict[int, Space] = {}
-        for space in self.spaces.values():
-            seen.setdefault(id(space), space)
-        return list(seen.values())
-
 
 # ----------------------------------------------------------------------------- data sets
 

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from fastio_dl.emulator.data import BytesBlob, Node, Space, Store
+from fastio_dl.emulator.data import Node, Space, Store
 
 HOST = "127.0.0.1"
 DEFAULT_TOKEN = "fastio-emulator-token"
@@ -593,7 +593,3 @@ class EmulatorThread:
 
 async def _call(func: Callable[[], T]) -> T:
     return func()
-
-
-def blob_of(data: bytes) -> BytesBlob:
-    return BytesBlob(data)

@@ -45,7 +45,6 @@ class PlainReporter:
         debug: bool = False,
         secrets: frozenset[str] = frozenset(),
         summary: bool = True,
-        clock: type[time.monotonic] | None = None,  # type: ignore[valid-type]
     ) -> None:
         self.stream = stream
         self.quiet = quiet
