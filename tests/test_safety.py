@@ -30,6 +30,13 @@ from tests.conftest import Served, tree_digests
 SIZE = 2_000_000
 
 
+def flat_files(count: int, size: int) -> DatasetSpec:
+    """``count`` files of exactly ``size`` bytes in the root, plain names, no notes or links."""
+    return DatasetSpec(
+        files=count, depth=0, min_size=size, max_size=size, odd_names=False, notes=0, links=0
+    )
+
+
 def big_file(served: Served, name: str = "big.bin", size: int = SIZE, seed: int = 5):
     return served.server.call(lambda: served.space.add_file("root", name, SeededBlob(seed, size)))
 
@@ -132,17 +139,7 @@ def _wait_for_partials(dest: Path, count: int, min_bytes: int, timeout: float = 
 def test_signal_keeps_partials_and_next_run_finishes(
     make_served, tmp_path: Path, signum: int, code: int
 ) -> None:
-    served: Served = make_served(
-        DatasetSpec(
-            files=3,
-            depth=0,
-            min_size=1_500_000,
-            max_size=1_500_000,
-            odd_names=False,
-            notes=0,
-            links=0,
-        )
-    )
+    served: Served = make_served(flat_files(3, 1_500_000))
     served.emulator.switches.bandwidth = 1_000_000
     proc = _spawn_get(served, tmp_path, "-j", "3")
     _wait_for_partials(tmp_path, 3, 0)
@@ -219,17 +216,7 @@ def tiny_fs(tmp_path: Path):
 def test_disk_full_mid_file_stops_new_files_and_never_leaves_a_bad_final(
     make_served, tiny_fs: Path
 ) -> None:
-    served: Served = make_served(
-        DatasetSpec(
-            files=6,
-            depth=0,
-            min_size=1_500_000,
-            max_size=1_500_000,
-            odd_names=False,
-            notes=0,
-            links=0,
-        )
-    )
+    served: Served = make_served(flat_files(6, 1_500_000))
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tiny_fs), "-j", "2", "--json")
     assert result.exit_code == 1
     files = result.files()
