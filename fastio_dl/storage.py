@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NewType
 
+from fastio_dl.blockio import DirectFile, PieceBuffer, StreamWriter
 from fastio_dl.errors import DiskSpaceError, IntegrityError, TransferError, WriteError, human_bytes
 
 PART_SUFFIX = ".part"
@@ -27,7 +28,6 @@ SIDECAR_SUFFIX = ".part.json"
 MAX_NAME_BYTES = 255 - len(SIDECAR_SUFFIX)
 DISK_MARGIN = 1024 * 1024
 HASH_BLOCK = 1024 * 1024
-IOV_MAX = 512
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 KNOWN_ALGOS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 _WINDOWS_RESERVED = frozenset(
@@ -319,17 +319,12 @@ def _verify(offset: int, meta: PartMeta, digest: Any) -> str | None:
     return None
 
 
-def _update_all(hasher: Any, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        hasher.update(chunk)
-
-
 class PartFile:
     """``NAME.part`` plus its sidecar: resumable bytes that become ``NAME`` only when verified.
 
-    Writes are pipelined: each batch of chunks is written and hashed in one worker-thread call
-    (both release the GIL) while the event loop already receives the next batch. At most one
-    batch is in flight, so memory stays flat whatever the file size.
+    Writes are pipelined (see :class:`~fastio_dl.blockio.StreamWriter`): a batch is written and
+    hashed in worker threads while the event loop receives the next one. At most one batch is in
+    flight, so memory stays flat whatever the file size.
     """
 
     def __init__(self, final: Path, meta: PartMeta) -> None:
@@ -340,7 +335,9 @@ class PartFile:
         self.offset = 0  # bytes handed to write(), in order
         self._hasher: Any = None
         self._fd: int | None = None
-        self._pending: asyncio.Future[Any] | None = None
+        self._file: DirectFile | None = None
+        self._saved_at = 0.0  # when save_segments last wrote the sidecar
+        self._writer: StreamWriter | None = None  # the single stream's writer (open())
 
     def resumable_offset(self) -> int:
         """Bytes of an earlier ``.part`` that can be kept (0 if the remote changed)."""
@@ -372,36 +369,47 @@ class PartFile:
             os.ftruncate(self._fd, offset)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
+        self._file = DirectFile(self._fd, str(self.path))
+        self._writer = StreamWriter(self._file, offset, self._hasher)
         self.offset = offset
 
     async def write(self, chunks: list[bytes]) -> None:
         """Queue ``chunks`` at the current offset; waits only for the previous batch."""
-        await self.flush()
-        at = self.offset
+        writer = self._writer
+        if writer is None or writer.end != self.offset:
+            raise WriteError(f"{self.path} is not open at byte {self.offset}")
         self.offset += sum(len(c) for c in chunks)
-        jobs = [asyncio.to_thread(self._write_sync, chunks, at)]
-        if self._hasher is not None:
-            # The write and the hash run in two threads at once (both release the GIL).
-            jobs.append(asyncio.to_thread(_update_all, self._hasher, chunks))
-        self._pending = asyncio.ensure_future(asyncio.gather(*jobs))
-
-    def _write_sync(self, chunks: list[bytes], at: int) -> None:
-        end = self._pwrite_all(chunks, at)
-        if _FADV_DONTNEED is not None and self._fd is not None:
-            # Start writeback now (Linux: DONTNEED on dirty pages queues them), so the fsync
-            # before the rename has little left to do and the page cache stays small.
-            os.posix_fadvise(self._fd, at, end - at, _FADV_DONTNEED)
+        try:
+            await writer.write(chunks)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
 
     async def flush(self) -> None:
         """Wait for the batch in flight; its write error, if any, is raised here."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+        if self._writer is not None:
+            try:
+                await self._writer.flush()
+            except OSError as exc:
+                raise _write_error(self.path, exc) from exc
+
+    async def settle(self) -> None:
+        """Write every byte handed over so far, the unaligned tail included."""
+        if self._writer is not None:
+            try:
+                await self._writer.finish()
+            except OSError as exc:
+                raise _write_error(self.path, exc) from exc
 
     async def close(self) -> None:
         try:
-            await self.flush()
+            await self.settle()
         finally:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                writer.close()
+            if self._file is not None:
+                file, self._file = self._file, None
+                file.close_direct()
             if self._fd is not None:
                 fd, self._fd = self._fd, None
                 with contextlib.suppress(OSError):
@@ -409,7 +417,7 @@ class PartFile:
 
     async def verify(self) -> str | None:
         """Check size and hash; return a warning when the hash cannot be checked."""
-        await self.flush()
+        await self.settle()
         hasher = self._hasher
         return _verify(
             self.offset, self.meta, lambda: None if hasher is None else hasher.hexdigest()
@@ -418,7 +426,7 @@ class PartFile:
     async def commit(self, *, fsync: bool = True) -> None:
         """fsync, then atomically rename over the final name and drop the sidecar."""
         try:
-            await self.flush()
+            await self.settle()
             if fsync and self._fd is not None:
                 await asyncio.to_thread(os.fsync, self._fd)
             await self.close()
@@ -459,9 +467,16 @@ class PartFile:
                 os.ftruncate(self._fd, self.meta.size)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
+        self._file = DirectFile(self._fd, str(self.path))
         self.save_segments(segments)
 
-    def save_segments(self, segments: list[list[int]]) -> None:
+    def save_segments(self, segments: list[list[int]], *, every: float = 0.0) -> None:
+        """Record each piece's progress in the sidecar (skipped if the last record is younger
+        than ``every`` seconds: progress only decides where a killed run resumes)."""
+        now = time.monotonic()
+        if every and now - self._saved_at < every:
+            return
+        self._saved_at = now
         record = {**asdict(self.meta), "segments": segments}
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
         try:
@@ -470,27 +485,30 @@ class PartFile:
         except OSError as exc:
             raise _write_error(self.sidecar, exc) from exc
 
-    async def write_at(self, at: int, chunks: list[bytes]) -> None:
-        await asyncio.to_thread(self._pwrite_all, chunks, at)
-
-    def _pwrite_all(self, chunks: list[bytes], at: int) -> int:
-        """Write every chunk from offset ``at`` (short writes resumed); return the end offset."""
-        fd = self._fd
-        if fd is None:
+    async def write_piece(self, piece: PieceBuffer, *, tail: bool) -> None:
+        """Write a segment piece's bytes not on disk yet: whole blocks, or all with ``tail``."""
+        file = self._file
+        if file is None:
             raise WriteError(f"{self.path} is closed")
         try:
-            pending = [memoryview(c) for c in chunks]
-            while pending:
-                written = os.pwritev(fd, pending[:IOV_MAX], at)
-                at += written
-                while pending and written >= len(pending[0]):
-                    written -= len(pending[0])
-                    pending.pop(0)
-                if pending and written:
-                    pending[0] = pending[0][written:]
+            await asyncio.to_thread(piece.write_out, file, tail=tail)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
-        return at
+
+    async def read_piece(self, piece: PieceBuffer, count: int) -> None:
+        """Load the first ``count`` bytes of a piece that an earlier run left on disk."""
+
+        def read() -> None:
+            with open(self.path, "rb", buffering=0) as handle:
+                handle.seek(piece.start)
+                while piece.got < count:
+                    block = handle.read(min(HASH_BLOCK, count - piece.got))
+                    if not block:
+                        raise IntegrityError(f"{self.path.name} is shorter than expected")
+                    piece.put(block)
+            piece.written = piece.got
+
+        await asyncio.to_thread(read)
 
     def hash_range(self, hasher: Any, start: int, end: int) -> None:
         """Feed bytes ``[start, end)`` of the part file to ``hasher`` (from the page cache)."""

@@ -20,10 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tenacity import RetryCallState
 
+from fastio_dl.blockio import PieceBuffer
 from fastio_dl.client import FastioClient, ReadStream, RetryPolicy
 from fastio_dl.config import Settings
 from fastio_dl.errors import (
@@ -61,7 +62,11 @@ from fastio_dl.storage import (
 WRITE_BLOCK = 4 * 1024 * 1024
 MIN_PIECE = 4 * 1024 * 1024
 PIECES_PER_CONNECTION = 8
-SEGMENT_BLOCK = 1024 * 1024  # a segment records its progress (resume point) this often
+SEGMENT_BLOCK = (
+    4 * 1024 * 1024
+)  # a piece goes to disk (its resume point) and to the hash this often
+SAVE_EVERY = 0.2  # seconds between sidecar records of piece progress while pieces stream
+SEGMENT_MEMORY = 40 * 1024 * 1024  # pieces held in memory per segmented file, at most
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
 Part = MemoryPart | PartFile
 STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
@@ -444,9 +449,10 @@ class Engine:
     ) -> int:
         """Fetch ``--segments`` byte ranges at once into one preallocated ``.part``.
 
-        Each segment resumes and retries on its own; the sidecar records each one's progress.
-        The hash follows the contiguous finished prefix (reading back from the page cache), so
-        little is left to hash when the last segment lands.
+        The file is cut into pieces that the connections take in file order. A piece arrives
+        into memory and goes to disk every MiB (the sidecar records each piece's progress, so
+        every piece resumes on its own); the hash then takes the pieces in order straight from
+        memory. At most two pieces more than connections are held, so memory stays bounded.
         """
         remote = item.remote
         size = remote.size
@@ -454,52 +460,16 @@ class Engine:
         segments = split_segments(size, self.settings.segments, saved)
         self.reporter.emit(FileStarted(item.key, str(final), size, sum(seg[2] for seg in segments)))
         state = _FetchState(token=token)
-        changed = asyncio.Event()
-        hasher = new_hasher(remote.hash_algo)
         for round_number in range(self.settings.retries + 1):
             await part.open_segmented(segments, fresh=saved is None)
-            hashed = 0
-            # --segments connections take the pieces in file order, so pieces finish roughly in
-            # order and the hash keeps pace instead of reading most of the file at the end.
-            todo = collections.deque(seg for seg in segments if seg[0] + seg[2] <= seg[1])
-
-            async def connection(
-                todo: collections.deque[list[int]], pieces: list[list[int]]
-            ) -> None:
-                while todo:
-                    seg = todo.popleft()
-                    await self._fetch_segment(item, final, part, seg, pieces, state, changed)
-
-            tasks = [
-                asyncio.create_task(connection(todo, segments))
-                for _ in range(min(self.settings.segments, len(todo)))
-            ]
+            hasher = new_hasher(remote.hash_algo)
+            run = _SegmentedRun(self, item, final, part, segments, state, hasher)
             try:
-                while True:
-                    changed.clear()
-                    prefix = contiguous_done(segments)
-                    if hasher is not None and prefix > hashed:
-                        await asyncio.to_thread(part.hash_range, hasher, hashed, prefix)
-                        hashed = prefix
-                    if prefix >= size:
-                        break
-                    failed = [t for t in tasks if t.done() and t.exception() is not None]
-                    if failed:
-                        raise failed[0].exception()  # type: ignore[misc]
-                    waiter = asyncio.ensure_future(changed.wait())
-                    await asyncio.wait(
-                        [waiter, *[t for t in tasks if not t.done()]],
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    waiter.cancel()
-                await asyncio.gather(*tasks)
+                await run.run()
             except BaseException:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
                 with contextlib.suppress(FastioDlError):
                     part.save_segments(segments)
-                await part.close()  # keep .part and sidecar: the next run resumes the segments
+                await part.close()  # keep .part and sidecar: the next run resumes the pieces
                 raise
             part.set_result(size, hasher)
             try:
@@ -510,7 +480,6 @@ class Engine:
                 self.reporter.emit(FileRetry(item.key, str(final), round_number + 1, str(exc), 0.0))
                 await part.discard()
                 segments, saved = split_segments(size, self.settings.segments, None), None
-                hasher = new_hasher(remote.hash_algo)
                 if round_number == self.settings.retries:
                     raise
                 continue
@@ -520,29 +489,31 @@ class Engine:
             return state.transferred
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _fetch_segment(
-        self,
-        item: PlanItem,
-        final: Path,
-        part: PartFile,
-        seg: list[int],
-        segments: list[list[int]],
-        state: _FetchState,
-        changed: asyncio.Event,
-    ) -> None:
+    async def _fetch_piece(self, run: _SegmentedRun, seg: list[int], piece: PieceBuffer) -> None:
+        """One piece into memory (and to disk every MiB), resumed and retried on its own."""
+        item, part = run.item, run.part
         remote = item.remote
-        label = f"{final} [bytes {seg[0]}-{seg[1]}]"
+        label = f"{run.final} [bytes {seg[0]}-{seg[1]}]"
+        if seg[2]:
+            await part.read_piece(piece, seg[2])  # an earlier run's bytes: the hash needs them
+
+        async def put(batch: list[bytes]) -> None:
+            for chunk in batch:
+                piece.put(chunk)
+            if piece.got - piece.written >= SEGMENT_BLOCK:
+                await self._save_piece(run, seg, piece, tail=False)
+
         async for attempt in self.retry.retrying(self._report_retry(item.key, label)):
             with attempt:
-                start = seg[0] + seg[2]
+                start = seg[0] + piece.got
                 if start > seg[1]:
-                    return
+                    break
                 try:
                     async with self.client.open_read(
                         remote.context,
                         remote.context_id,
                         remote.node_id,
-                        token=state.token,
+                        token=run.state.token,
                         start=start,
                         end=seg[1],
                     ) as stream:
@@ -553,35 +524,27 @@ class Engine:
                             raise ShortReadError(
                                 f"asked for bytes from {start}, got from {cr.start}"
                             )
-                        await self._stream_segment(
-                            item, part, seg, segments, stream, state, changed
-                        )
+                        too_much = "the server sent more than the range asked for"
+                        room = piece.length - piece.got
+                        try:
+                            await self._pump(item, stream, run.state, room, 0, put, too_much)
+                        finally:
+                            # What arrived is kept: on disk, so a retry or the next run resumes.
+                            await self._save_piece(run, seg, piece, tail=True)
                 except ApiError as exc:
-                    await self._after_read_error(item, state, exc)
-                if seg[0] + seg[2] <= seg[1]:
-                    raise ShortReadError(
-                        f"range ended after {seg[2]} of {seg[1] - seg[0] + 1} bytes"
-                    )
+                    await self._after_read_error(item, run.state, exc)
+                if piece.got < piece.length:
+                    raise ShortReadError(f"range ended after {piece.got} of {piece.length} bytes")
+        run.changed.set()
 
-    async def _stream_segment(
-        self,
-        item: PlanItem,
-        part: PartFile,
-        seg: list[int],
-        segments: list[list[int]],
-        stream: ReadStream,
-        state: _FetchState,
-        changed: asyncio.Event,
+    async def _save_piece(
+        self, run: _SegmentedRun, seg: list[int], piece: PieceBuffer, *, tail: bool
     ) -> None:
-        async def write(batch: list[bytes]) -> None:
-            await part.write_at(seg[0] + seg[2], batch)
-            seg[2] += sum(len(chunk) for chunk in batch)
-            part.save_segments(segments)
-            changed.set()
-
-        room = seg[1] - seg[0] + 1 - seg[2]
-        too_much = "the server sent more than the range asked for"
-        await self._pump(item, stream, state, room, SEGMENT_BLOCK, write, too_much)
+        await run.part.write_piece(piece, tail=tail)
+        if piece.written != seg[2]:
+            seg[2] = piece.written
+            run.part.save_segments(run.segments, every=SAVE_EVERY)
+        run.changed.set()
 
     async def _pump(
         self,
@@ -612,7 +575,7 @@ class Engine:
                 emit(FileProgress(item.key, len(chunk)))
                 if self._limiter is not None:
                     await self._limiter.take(len(chunk))
-                if batched >= block:
+                if batched >= block:  # block 0: every chunk at once
                     await write(batch)
                     batch, batched = [], 0
         finally:
@@ -725,6 +688,99 @@ async def _drop_leftovers(final: Path) -> None:
             path.unlink()
 
 
+class _SegmentedRun:
+    """One round of a segmented download: connections taking pieces, and the hash frontier."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        item: PlanItem,
+        final: Path,
+        part: PartFile,
+        segments: list[list[int]],
+        state: _FetchState,
+        hasher: Any,
+    ) -> None:
+        self.engine = engine
+        self.item = item
+        self.final = final
+        self.part = part
+        self.segments = segments
+        self.state = state
+        self.hasher = hasher
+        self.changed = asyncio.Event()
+        self.pieces: dict[int, PieceBuffer] = {}
+        self._window = asyncio.Semaphore(engine.settings.segments + 1)
+
+    async def run(self) -> None:
+        todo = collections.deque(
+            i for i, (start, end, done) in enumerate(self.segments) if done < end - start + 1
+        )
+        count = min(self.engine.settings.segments, len(todo))
+        tasks = [asyncio.create_task(self._connection(todo)) for _ in range(count)]
+        try:
+            await self._frontier(tasks)
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            for piece in self.pieces.values():
+                piece.release()
+            self.pieces.clear()
+
+    async def _connection(self, todo: collections.deque[int]) -> None:
+        # Pieces are taken in file order, so they finish roughly in order and the hash keeps
+        # pace; the window stops a connection that runs too far ahead of the hash.
+        while todo:
+            await self._window.acquire()
+            if not todo:
+                self._window.release()
+                return
+            index = todo.popleft()
+            start, end, _ = self.segments[index]
+            piece = self.pieces[index] = PieceBuffer(start, end - start + 1)
+            await self.engine._fetch_piece(self, self.segments[index], piece)
+
+    async def _frontier(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Hash the pieces in file order from memory, the current one as its bytes arrive."""
+        for index, (start, end, _) in enumerate(self.segments):
+            length = end - start + 1
+            hashed = 0
+            while True:
+                piece = self.pieces.get(index)
+                if piece is not None and self.hasher is not None:
+                    ready = piece.got - hashed
+                    if ready >= SEGMENT_BLOCK or (ready and piece.got == length):
+                        view = piece.data()[hashed:]
+                        await asyncio.to_thread(self.hasher.update, view)
+                        hashed += len(view)
+                        continue
+                if self.segments[index][2] >= length and (piece is None or hashed == length):
+                    break
+                failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+                if failed:
+                    raise failed[0].exception()  # type: ignore[misc]
+                if all(t.done() for t in tasks):
+                    raise ShortReadError(f"bytes {start}-{end} never arrived")
+                self.changed.clear()
+                waiter = asyncio.ensure_future(self.changed.wait())
+                await asyncio.wait(
+                    [waiter, *[t for t in tasks if not t.done()]],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+            piece = self.pieces.pop(index, None)
+            if piece is None:  # finished by an earlier run: read it back
+                if self.hasher is not None:
+                    await asyncio.to_thread(self.part.hash_range, self.hasher, start, end + 1)
+                continue
+            piece.release()
+            self._window.release()
+
+
 class RangeUnsupportedError(TransferError):
     """A ranged request was answered with the whole body: segments are not possible."""
 
@@ -755,11 +811,13 @@ class RateLimiter:
 
 def split_segments(size: int, count: int, saved: list[list[int]] | None) -> list[list[int]]:
     """Pieces ``[start, end, done]`` covering ``size`` bytes for ``count`` connections: about
-    eight per connection, 4 MiB at least, and never fewer than ``count``. An earlier run's
-    progress is kept (a single-stream prefix marks the leading pieces done)."""
+    eight per connection, 4 MiB at least, small enough that ``count + 2`` of them fit in
+    SEGMENT_MEMORY, and never fewer than ``count``. An earlier run's progress is kept (a
+    single-stream prefix marks the leading pieces done; larger pieces are cut again)."""
+    cap = max(SEGMENT_BLOCK, SEGMENT_MEMORY // (count + 1))
     if saved and all(len(seg) == 3 for seg in saved) and len(saved) > 1:
-        return saved
-    step = min(max(-(-size // (count * PIECES_PER_CONNECTION)), MIN_PIECE), -(-size // count))
+        return [piece for seg in saved for piece in _cut(seg, cap)]
+    step = min(max(-(-size // (count * PIECES_PER_CONNECTION)), MIN_PIECE), cap, -(-size // count))
     segments = [[start, min(size, start + step) - 1, 0] for start in range(0, size, step)]
     prefix = saved[0][2] if saved else 0
     for seg in segments:
@@ -767,12 +825,16 @@ def split_segments(size: int, count: int, saved: list[list[int]] | None) -> list
     return segments
 
 
-def contiguous_done(segments: list[list[int]]) -> int:
-    """Bytes from zero that are on disk with no gap."""
-    for start, end, done in segments:
-        if done < end - start + 1:
-            return start + done
-    return segments[-1][1] + 1 if segments else 0
+def _cut(seg: list[int], cap: int) -> list[list[int]]:
+    """A saved piece larger than ``cap`` as several, its done bytes a prefix of them."""
+    start, end, done = seg
+    if end - start + 1 <= cap:
+        return [seg]
+    pieces = []
+    for first in range(start, end + 1, cap):
+        last = min(end, first + cap - 1)
+        pieces.append([first, last, max(0, min(last - first + 1, start + done - first))])
+    return pieces
 
 
 @dataclass

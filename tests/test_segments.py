@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fastio_dl.emulator import Fault, SeededBlob
-from fastio_dl.transfer import contiguous_done, split_segments
+from fastio_dl.transfer import split_segments
 from tests.conftest import Served
 
 SIZE = 6_000_001
@@ -32,8 +33,16 @@ def test_split_and_prefix() -> None:
     segments = split_segments(10, 3, None)
     assert segments == [[0, 3, 0], [4, 7, 0], [8, 9, 0]]
     assert split_segments(10, 3, [[0, 9, 5]]) == [[0, 3, 4], [4, 7, 1], [8, 9, 0]]
-    assert contiguous_done([[0, 3, 4], [4, 7, 1], [8, 9, 0]]) == 5
-    assert contiguous_done([[0, 3, 4], [4, 7, 4], [8, 9, 2]]) == 10
+    # Pieces are kept small enough for memory (4 connections: 8 MiB); a saved larger piece is
+    # cut again, its done bytes staying a prefix.
+    mib = 1024 * 1024
+    big = split_segments(1024 * mib, 4, None)
+    assert len(big) == 128 and all(end - start + 1 == 8 * mib for start, end, _ in big)
+    saved = [[0, 100 * mib - 1, 30 * mib], [100 * mib, 200 * mib - 1, 0]]
+    cut = split_segments(200 * mib, 4, saved)
+    assert cut[0] == [0, 8 * mib - 1, 8 * mib] and cut[3] == [24 * mib, 32 * mib - 1, 6 * mib]
+    assert sum(seg[2] for seg in cut) == 30 * mib and cut[-1][1] == 200 * mib - 1
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(cut))
 
 
 def test_large_file_uses_ranged_segments(served: Served, tmp_path: Path) -> None:
@@ -89,33 +98,71 @@ def test_wrong_bytes_in_a_segment_never_make_a_final_file(served: Served, tmp_pa
 
 
 def test_killed_segmented_download_resumes_each_segment(served: Served, tmp_path: Path) -> None:
-    node = add_big(served, 8_000_000)
-    served.emulator.switches.bandwidth = 1_000_000
+    size = 24_000_000  # six 4 MiB pieces for four connections
+    node = add_big(served, size)
+    served.emulator.switches.bandwidth = 4_000_000
     proc = subprocess.Popen(
         served.argv(
             "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--progress", "none", *SEG
         ),
     )
     sidecar = tmp_path / "big.bin.part.json"
+
+    def complete(seg: list[int]) -> bool:
+        return seg[2] == seg[1] - seg[0] + 1
+
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if sidecar.exists():
-            try:
-                done = sum(seg[2] for seg in json.loads(sidecar.read_text())["segments"])
-            except (ValueError, KeyError):
-                done = 0
-            if done >= 4 * 1_048_576:  # each segment has recorded its first MiB
+        try:
+            if any(complete(seg) for seg in json.loads(sidecar.read_text())["segments"]):
                 break
-        time.sleep(0.05)
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = json.loads(sidecar.read_text())["segments"]
-    assert all(seg[2] > 0 for seg in saved)
+    assert any(complete(seg) for seg in saved)
+    assert not all(complete(seg) for seg in saved)
     served.emulator.switches.bandwidth = 0
     served.server.call(served.emulator.reset_counters)
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
     assert result.exit_code == 0, result.stderr
-    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, 8_000_000)
+    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
+    # Finished pieces are not fetched again; the others resume where their record says.
+    starts = sorted(int(r.split("=")[1].split("-")[0]) for r in read_ranges(served))
+    assert starts == sorted(seg[0] + seg[2] for seg in saved if not complete(seg))
+    assert served.stat("read_bytes") == size - sum(seg[2] for seg in saved)
+
+
+def test_interrupted_pieces_keep_their_bytes_and_resume_mid_piece(
+    served: Served, tmp_path: Path
+) -> None:
+    size = 24_000_000
+    node = add_big(served, size)
+    served.emulator.switches.bandwidth = 2_000_000
+    proc = subprocess.Popen(
+        served.argv(
+            "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--progress", "none", *SEG
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while served.stat("read_bytes") < 4_000_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    saved = json.loads((tmp_path / "big.bin.part.json").read_text())["segments"]
+    # SIGINT writes what each piece received so far: pieces stop mid-way, not at zero.
+    partial = [seg for seg in saved if 0 < seg[2] < seg[1] - seg[0] + 1]
+    assert len(partial) >= 2
+    served.emulator.switches.bandwidth = 0
+    served.server.call(served.emulator.reset_counters)
+    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
+    assert served.stat("read_bytes") == size - sum(seg[2] for seg in saved)
     starts = sorted(int(r.split("=")[1].split("-")[0]) for r in read_ranges(served))
     assert starts == sorted(seg[0] + seg[2] for seg in saved if seg[0] + seg[2] <= seg[1])
-    assert served.stat("read_bytes") == 8_000_000 - sum(seg[2] for seg in saved)

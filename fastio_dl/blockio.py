@@ -1,0 +1,293 @@
+"""An in-order byte stream written into a file: whole aligned blocks with O_DIRECT.
+
+A large download written through the page cache costs the kernel a copy and a fresh page for
+every 4 KiB, dirties memory that the fsync before the rename then has to wait for, and evicts
+whatever the user had cached. Whole aligned blocks written with ``O_DIRECT`` go from one reused
+buffer to the device instead. The unaligned ends (the start of a resumed file, the last bytes of
+a file, what is flushed at an interruption) go through the ordinary descriptor. Where the file
+system refuses ``O_DIRECT`` (at open or at the first write), everything goes through the
+ordinary descriptor, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import mmap
+import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+ALIGN = 4096  # the strictest usual O_DIRECT alignment (4Kn devices); 512-byte ones accept it
+CAPACITY = 5 * 1024 * 1024  # one write batch (4 MiB and a network chunk) fits in one buffer
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+_FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
+_POOL: dict[int, list[mmap.mmap]] = {}  # reused buffers: fresh memory costs more than a copy
+_POOL_LOCK = threading.Lock()
+_POOL_MAX = 8  # kept per size
+
+
+def take_buffer(size: int = CAPACITY) -> mmap.mmap:
+    """A page-aligned buffer of ``size`` bytes (a multiple of ALIGN), reused when possible."""
+    with _POOL_LOCK:
+        free = _POOL.get(size)
+        if free:
+            return free.pop()
+    return mmap.mmap(-1, size)  # anonymous mappings are page-aligned
+
+
+def give_back(buffer: mmap.mmap) -> None:
+    with _POOL_LOCK:
+        free = _POOL.setdefault(len(buffer), [])
+        if len(free) < _POOL_MAX:
+            free.append(buffer)
+            return
+    with contextlib.suppress(BufferError):  # a view still alive: the collector frees it later
+        buffer.close()
+
+
+def open_direct(path: str) -> int | None:
+    """A second, ``O_DIRECT`` descriptor for ``path``, or None where that is not available."""
+    if not O_DIRECT:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | O_DIRECT | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None  # EINVAL: this file system does not do O_DIRECT
+
+
+class DirectFile:
+    """A file open twice: ordinary, and with ``O_DIRECT`` where the file system allows it."""
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.direct_fd = open_direct(path)
+
+    def close_direct(self) -> None:
+        if self.direct_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.direct_fd)
+            self.direct_fd = None
+
+    def write_region(self, base: int, start: int, region: memoryview) -> None:
+        """Write ``region`` at file offset ``base + start``; ``base`` is a multiple of ALIGN and
+        the region's memory sits at ``start`` of an aligned buffer, so aligned file offsets are
+        aligned addresses. Whole blocks go direct, the unaligned ends through the page cache."""
+        stop = start + len(region)
+        first = min(stop, -(-start // ALIGN) * ALIGN)
+        last = max(first, stop - stop % ALIGN)
+        direct = self.direct_fd
+        if direct is None or last == first:
+            self._pwrite(self.fd, base + start, region)
+            return
+        if start < first:
+            self._pwrite(self.fd, base + start, region[: first - start])
+        try:
+            self._pwrite(direct, base + first, region[first - start : last - start])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # This file system accepts O_DIRECT at open but not these writes: stop using it.
+            self.close_direct()
+            self._pwrite(self.fd, base + first, region[first - start : last - start])
+        if last < stop:
+            self._pwrite(self.fd, base + last, region[last - start :])
+
+    def _pwrite(self, fd: int, at: int, data: memoryview) -> None:
+        done = 0
+        while done < len(data):
+            written = os.pwrite(fd, data[done:], at + done)
+            if written <= 0:
+                raise OSError(errno.EIO, "write made no progress")
+            done += written
+        if fd == self.fd and _FADV_DONTNEED is not None and self.direct_fd is None:
+            # Through the page cache: start writeback now (Linux queues dirty pages on
+            # DONTNEED), so the fsync before the rename has little left and the cache stays small.
+            os.posix_fadvise(fd, at, len(data), _FADV_DONTNEED)
+
+
+class PieceBuffer:
+    """One segment piece in memory: ``length`` bytes for file offset ``start`` on, placed so
+    that aligned file offsets are aligned addresses. ``got`` bytes arrived, ``written`` of them
+    are on disk."""
+
+    def __init__(self, start: int, length: int) -> None:
+        self.start = start
+        self.lead = start % ALIGN
+        self.length = length
+        size = -(-(self.lead + length) // ALIGN) * ALIGN
+        self._buffer: mmap.mmap | None = take_buffer(size)
+        self.view = memoryview(self._buffer)
+        self.got = 0
+        self.written = 0
+
+    def put(self, chunk: bytes) -> None:
+        at = self.lead + self.got
+        self.view[at : at + len(chunk)] = chunk
+        self.got += len(chunk)
+
+    def data(self, stop: int | None = None) -> memoryview:
+        return self.view[self.lead : self.lead + (self.got if stop is None else stop)]
+
+    def write_out(self, file: DirectFile, *, tail: bool) -> None:
+        """Write the bytes not on disk yet (in a worker thread): whole blocks only, or all."""
+        base = self.start - self.lead
+        stop = self.lead + self.got
+        if not tail:
+            stop -= (base + stop) % ALIGN
+        begin = self.lead + self.written
+        if stop > begin:
+            file.write_region(base, begin, self.view[begin:stop])
+            self.written = stop - self.lead
+
+    def release(self) -> None:
+        if self._buffer is not None:
+            self.view.release()
+            give_back(self._buffer)
+            self._buffer = None
+
+
+class _Slot:
+    """One buffer of the ring and the jobs still reading it."""
+
+    def __init__(self) -> None:
+        self.buffer: mmap.mmap | None = take_buffer()
+        self.view = memoryview(self.buffer)
+        self.pending: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        try:
+            await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # The worker threads still read the buffer: it is not reused before they end.
+            await asyncio.wait([pending])
+            raise
+
+    def release(self) -> None:
+        if self.buffer is not None:
+            self.view.release()
+            give_back(self.buffer)
+            self.buffer = None
+
+
+class StreamWriter:
+    """Writes and hashes bytes handed over in order, from file offset ``at`` on.
+
+    Bytes are copied (a short memcpy on the event loop) into one of two buffers. Index 0 of
+    the current buffer stands for file offset ``base`` (a multiple of ALIGN), so aligned file
+    offsets are aligned addresses too; ``[head, fill)`` holds bytes not yet sent on. Whole
+    aligned blocks go to two chains of worker-thread jobs, one writing and one hashing, each
+    a single call that releases the GIL; both chains keep file order. While they work on one
+    buffer the event loop receives into the other. Callers run one coroutine at a time.
+    """
+
+    SLOTS = 2
+
+    def __init__(self, file: DirectFile, at: int, hasher: Any) -> None:
+        self.file = file
+        self.hasher = hasher
+        self._slots = [_Slot() for _ in range(self.SLOTS)]
+        self._current = 0
+        self.base = at - at % ALIGN
+        self.head = self.fill = at % ALIGN
+        self._last_write: asyncio.Future[None] | None = None
+        self._last_hash: asyncio.Future[None] | None = None
+
+    @property
+    def end(self) -> int:
+        """The file offset after the last byte handed over."""
+        return self.base + self.fill
+
+    async def write(self, chunks: Iterable[bytes]) -> None:
+        """Take ``chunks``: whole aligned blocks start on their way, an unaligned tail waits."""
+        slot = self._slots[self._current]
+        await slot.wait()
+        for chunk in chunks:
+            pos, size = 0, len(chunk)
+            while pos < size:
+                view = self._slots[self._current].view
+                take = min(len(view) - self.fill, size - pos)
+                view[self.fill : self.fill + take] = chunk[pos : pos + take]
+                self.fill += take
+                pos += take
+                if self.fill == len(view):
+                    await self._send(self.fill - self.fill % ALIGN)
+        await self._send(self.fill - self.fill % ALIGN)
+
+    async def flush(self) -> None:
+        """Wait for every job in flight (a write error is raised here)."""
+        pending = [slot.pending for slot in self._slots if slot.pending is not None]
+        for slot in self._slots:
+            slot.pending = None
+        if not pending:
+            return
+        try:
+            await asyncio.shield(_all_of(pending))
+        except asyncio.CancelledError:
+            # The worker threads still read the buffers: they are not reused before they end.
+            await asyncio.wait(pending)
+            raise
+
+    async def finish(self) -> None:
+        """Write everything held, the unaligned tail too; more bytes may follow later."""
+        await self._send(self.fill)
+        await self.flush()
+
+    def close(self) -> None:
+        """Release the buffers (after flush; bytes still held are dropped)."""
+        for slot in self._slots:
+            slot.release()
+
+    # -- inner workings
+    async def _send(self, stop: int) -> None:
+        """Start ``[head, stop)`` of the current buffer on its way; move on to the next buffer
+        with what is left (under ALIGN bytes), once that buffer's earlier jobs are done."""
+        start = self.head
+        if stop <= start:
+            return
+        slot = self._slots[self._current]
+        region = slot.view[start:stop]
+        write = _after(self._last_write, self.file.write_region, self.base, start, region)
+        self._last_write = write
+        jobs = [write]
+        if self.hasher is not None:
+            self._last_hash = _after(self._last_hash, self.hasher.update, region)
+            jobs.append(self._last_hash)
+        slot.pending = asyncio.ensure_future(_all_of(jobs))
+        cut = stop - stop % ALIGN
+        self._current = (self._current + 1) % len(self._slots)
+        following = self._slots[self._current]
+        await following.wait()
+        tail = self.fill - cut
+        following.view[:tail] = slot.view[cut : self.fill]
+        self.base += cut
+        self.head = stop - cut
+        self.fill = tail
+
+
+def _after(
+    previous: asyncio.Future[None] | None, func: Callable[..., object], *args: Any
+) -> asyncio.Future[None]:
+    """``func(*args)`` in a worker thread once ``previous`` (the same chain's last job) ended."""
+
+    async def job() -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+            if previous.cancelled():
+                raise asyncio.CancelledError
+            previous.result()  # after a failed write, no later one may run (no holes)
+        await asyncio.to_thread(func, *args)
+
+    return asyncio.ensure_future(job())
+
+
+async def _all_of(jobs: list[asyncio.Future[None]]) -> None:
+    """Wait for every job (unlike gather, also after one failed), then raise the first error."""
+    await asyncio.wait(jobs)
+    for job in jobs:
+        job.result()

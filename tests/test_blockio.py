@@ -1,0 +1,186 @@
+"""Writing in-order streams and segment pieces: O_DIRECT blocks plus ordinary unaligned ends."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from fastio_dl import blockio
+from fastio_dl.blockio import ALIGN, DirectFile, PieceBuffer, StreamWriter
+
+
+def chunks_of(data: bytes, seed: int) -> list[bytes]:
+    rng, out, pos = random.Random(seed), [], 0
+    while pos < len(data):
+        size = rng.choice([1, 100, 4095, 4096, 4097, 65_536, 300_000, 1_500_000])
+        out.append(data[pos : pos + size])
+        pos += size
+    return out
+
+
+async def stream_into(path: Path, start: int, chunks: list[bytes], direct: bool) -> DirectFile:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    file = DirectFile(fd, str(path))
+    if not direct:
+        file.close_direct()
+    hasher = hashlib.sha256()
+    writer = StreamWriter(file, start, hasher)
+    try:
+        batch: list[bytes] = []
+        for chunk in chunks:
+            batch.append(chunk)
+            if len(batch) == 5:
+                await writer.write(batch)
+                batch = []
+        await writer.write(batch)
+        await writer.finish()
+        assert writer.end == start + sum(len(c) for c in chunks)
+        assert hasher.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+    finally:
+        writer.close()
+        file.close_direct()
+        os.close(fd)
+    return file
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("start", [0, 700_000, ALIGN, 1])
+def test_stream_writer_writes_every_byte_in_place(tmp_path: Path, direct: bool, start: int) -> None:
+    data = random.Random(start).randbytes(12_345_679)
+    path = tmp_path / "f.part"
+    prefix = random.Random(9).randbytes(start)
+    path.write_bytes(prefix)  # an earlier run's bytes, kept
+    asyncio.run(stream_into(path, start, chunks_of(data, start), direct))
+    assert path.read_bytes() == prefix + data
+
+
+def test_whole_blocks_go_direct_where_the_file_system_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    fd = blockio.open_direct(str(probe))
+    if fd is None:
+        pytest.skip("this file system refuses O_DIRECT (the ordinary path is tested above)")
+    os.close(fd)
+    real = os.pwrite
+    writes: list[tuple[int, int, int]] = []  # (fd, offset, length)
+
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
+        writes.append((fd, offset, len(data)))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(blockio.os, "pwrite", pwrite)
+    path = tmp_path / "f.part"
+    path.write_bytes(b"")
+    data = random.Random(1).randbytes(9_000_001)
+    file = asyncio.run(stream_into(path, 0, chunks_of(data, 1), True))
+    assert path.read_bytes() == data
+    direct = [w for w in writes if w[0] != file.fd]
+    ordinary = [w for w in writes if w[0] == file.fd]
+    assert sum(w[2] for w in direct) == 9_000_001 - 9_000_001 % ALIGN
+    assert all(offset % ALIGN == 0 and length % ALIGN == 0 for _, offset, length in direct)
+    assert ordinary == [(file.fd, 9_000_001 - 9_000_001 % ALIGN, 9_000_001 % ALIGN)]
+
+
+def test_a_refused_direct_write_falls_back_to_the_ordinary_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.part"
+    path.write_bytes(b"")
+    real = os.pwrite
+    refused: list[int] = []
+
+    def pwrite(fd: int, data: object, offset: int) -> int:
+        if fd == file.direct_fd:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)  # type: ignore[arg-type]
+
+    fd = os.open(path, os.O_WRONLY)
+    file = DirectFile(fd, str(path))
+    if file.direct_fd is None:
+        file.direct_fd = os.open(path, os.O_WRONLY)  # stands in for the direct descriptor
+    monkeypatch.setattr(blockio.os, "pwrite", pwrite)
+    data = random.Random(2).randbytes(6_000_000)
+
+    async def go() -> None:
+        writer = StreamWriter(file, 0, None)
+        await writer.write(chunks_of(data, 2))
+        await writer.finish()
+        writer.close()
+
+    asyncio.run(go())
+    os.close(fd)
+    assert refused and file.direct_fd is None
+    assert path.read_bytes() == data
+
+
+def test_after_a_failed_write_no_later_write_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.part"
+    path.write_bytes(b"")
+    real = os.pwrite
+    calls: list[int] = []
+
+    def pwrite(fd: int, data: object, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(blockio.os, "pwrite", pwrite)
+    fd = os.open(path, os.O_WRONLY)
+    file = DirectFile(fd, str(path))
+    file.close_direct()
+    data = bytes(30 * 1024 * 1024)
+
+    async def feed(writer: StreamWriter) -> None:
+        for i in range(0, len(data), 1024 * 1024):
+            await writer.write([data[i : i + 1024 * 1024]])
+        await writer.finish()
+
+    async def go() -> None:
+        writer = StreamWriter(file, 0, None)
+        try:
+            with pytest.raises(OSError, match="No space"):
+                await feed(writer)
+        finally:
+            await asyncio.sleep(0.1)  # any stray job would run now
+            writer.close()
+
+    asyncio.run(go())
+    os.close(fd)
+    assert len(calls) == 2  # the failed write was the last one: no hole after it
+    assert os.path.getsize(path) < len(data)
+
+
+@pytest.mark.parametrize("start", [0, 1_500_001, 3 * ALIGN])
+def test_piece_buffer_writes_blocks_then_the_tail(tmp_path: Path, start: int) -> None:
+    path = tmp_path / "f.part"
+    total = start + 3_000_003
+    path.write_bytes(bytes(total))
+    fd = os.open(path, os.O_WRONLY)
+    file = DirectFile(fd, str(path))
+    data = random.Random(start).randbytes(3_000_003)
+    piece = PieceBuffer(start, len(data))
+    try:
+        for chunk in chunks_of(data, 3):
+            piece.put(chunk)
+            if piece.got > 1_000_000 and not piece.written:
+                piece.write_out(file, tail=False)
+                assert piece.written and (start + piece.written) % ALIGN == 0
+        piece.write_out(file, tail=True)
+        assert piece.written == len(data) and bytes(piece.data()) == data
+    finally:
+        piece.release()
+        file.close_direct()
+        os.close(fd)
+    assert path.read_bytes()[start:] == data
