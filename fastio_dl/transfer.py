@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,7 @@ from fastio_dl.events import (
 from fastio_dl.planner import PlanEntry, PlanFailure, PlanItem, Planner, PlanSkip, Target
 from fastio_dl.storage import (
     DiskSpace,
+    LocalIndex,
     MemoryPart,
     PartFile,
     PartMeta,
@@ -94,9 +96,10 @@ class GetPolicy:
 
     def __init__(self, no_clobber: bool) -> None:
         self.no_clobber = no_clobber
+        self.local = LocalIndex()
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
-        if not final.exists():  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
+        if not self.local.exists(final):
             return Decision()
         remote = item.remote
         if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
@@ -176,6 +179,12 @@ class Engine:
         self.dest.mkdir(parents=True, exist_ok=True)
         planner = Planner(self.client, plan_q)
         n = self.settings.concurrency
+        # Worker threads mostly wait in write() and fsync(): one per download worker, so that
+        # fsyncs of many small files run together (the file system commits them as a group)
+        # instead of queueing behind the default pool's few threads.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=max(8, 2 * n), thread_name_prefix="fastio-dl-io")
+        )
 
         async def plan() -> None:
             try:

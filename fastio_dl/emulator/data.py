@@ -14,12 +14,13 @@ ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 # usual chunk size (powers of two) lands on identical bytes.
 PATTERN_BLOCK = 1_048_573
 SMALL_BLOB = 4 * 1024 * 1024
+WINDOW = 256 * 1024  # reads up to this long (the server's body chunks) are served without a copy
 
 
 class Blob:
     size: int
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | memoryview:
         raise NotImplementedError
 
     def __post_init__(self) -> None:
@@ -58,6 +59,7 @@ class SeededBlob(Blob):
         super().__post_init__()
         self._small: bytes | None = None
         self._block: bytes | None = None
+        self._window: memoryview | None = None
 
     def _bytes(self) -> bytes:
         if self.size <= SMALL_BLOB:
@@ -68,11 +70,18 @@ class SeededBlob(Blob):
             self._block = random.Random(self.seed).randbytes(PATTERN_BLOCK)
         return self._block
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | memoryview:
         length = max(0, min(length, self.size - offset))
         data = self._bytes()
         if self.size <= SMALL_BLOB:
             return data[offset : offset + length]
+        if length <= WINDOW:
+            # The block followed by its own first WINDOW bytes: any short read is one slice of
+            # it, handed out without a copy (serving is the emulator's hot loop).
+            if self._window is None:
+                self._window = memoryview(data + data[:WINDOW])
+            start = offset % PATTERN_BLOCK
+            return self._window[start : start + length]
         out = bytearray()
         while length > 0:
             start = offset % PATTERN_BLOCK

@@ -409,7 +409,7 @@ class Emulator:
             data = blob.read(start + sent, piece)
             if wrong is not None and sent <= wrong.after_bytes < sent + len(data):
                 at = wrong.after_bytes - sent
-                data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+                data = bytes(data[:at]) + bytes([data[at] ^ 0xFF]) + bytes(data[at + 1 :])
             try:
                 await response.write(data)
             except ConnectionError:
