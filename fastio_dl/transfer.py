@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -179,12 +178,6 @@ class Engine:
         self.dest.mkdir(parents=True, exist_ok=True)
         planner = Planner(self.client, plan_q)
         n = self.settings.concurrency
-        # Worker threads mostly wait in write() and fsync(): one per download worker, so that
-        # fsyncs of many small files run together (the file system commits them as a group)
-        # instead of queueing behind the default pool's few threads.
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(max_workers=max(8, 2 * n), thread_name_prefix="fastio-dl-io")
-        )
 
         async def plan() -> None:
             try:
