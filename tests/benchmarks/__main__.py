@@ -31,6 +31,7 @@ from tests.benchmarks.harness import (
     WS,
     EmulatorProcess,
     Run,
+    compile_package,
     fastio_args,
     fresh_dir,
     median,
@@ -371,6 +372,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
     only = {b.strip().upper() for b in args.only.split(",")}
+    compile_package()
     rows: list[dict[str, Any]] = []
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fastio-bench-") as name:
