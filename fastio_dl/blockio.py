@@ -18,7 +18,9 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ALIGN = 4096  # the strictest usual O_DIRECT alignment (4Kn devices); 512-byte ones accept it
 CAPACITY = 5 * 1024 * 1024  # one write batch (4 MiB and a network chunk) fits in one buffer
@@ -46,6 +48,17 @@ def give_back(buffer: mmap.mmap) -> None:
             return
     with contextlib.suppress(BufferError):  # a view still alive: the collector frees it later
         buffer.close()
+
+
+async def in_thread(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``asyncio.to_thread`` that, when cancelled, still waits for the thread to end: it may be
+    using a buffer or a descriptor that the caller releases right after."""
+    job = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        await asyncio.wait([job])
+        raise
 
 
 def open_direct(path: str) -> int | None:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NewType
 
-from fastio_dl.blockio import DirectFile, PieceBuffer, StreamWriter
+from fastio_dl.blockio import DirectFile, PieceBuffer, StreamWriter, in_thread
 from fastio_dl.errors import DiskSpaceError, IntegrityError, TransferError, WriteError, human_bytes
 
 PART_SUFFIX = ".part"
@@ -402,11 +402,12 @@ class PartFile:
         writer = self._writer
         if writer is None or writer.end != self.offset:
             raise WriteError(f"{self.path} is not open at byte {self.offset}")
-        self.offset += sum(len(c) for c in chunks)
         try:
             await writer.write(chunks)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
+        finally:
+            self.offset = writer.end  # what the writer took, also when cut short
 
     async def flush(self) -> None:
         """Wait for the batch in flight; its write error, if any, is raised here."""
@@ -509,13 +510,25 @@ class PartFile:
         except OSError as exc:
             raise _write_error(self.sidecar, exc) from exc
 
+    async def keep_prefix(self, size: int) -> None:
+        """Turn a segmented ``.part`` into a one-stream one holding its first ``size`` bytes
+        (the next open() resumes after them), then close it."""
+        try:
+            if self._fd is not None:
+                os.ftruncate(self._fd, size)
+            self.sidecar.write_text(json.dumps(asdict(self.meta)), encoding="utf-8")
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+        finally:
+            await self.close()
+
     async def write_piece(self, piece: PieceBuffer, *, tail: bool) -> None:
         """Write a segment piece's bytes not on disk yet: whole blocks, or all with ``tail``."""
         file = self._file
         if file is None:
             raise WriteError(f"{self.path} is closed")
         try:
-            await asyncio.to_thread(piece.write_out, file, tail=tail)
+            await in_thread(piece.write_out, file, tail=tail)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
 
@@ -532,7 +545,7 @@ class PartFile:
                     piece.put(block)
             piece.written = piece.got
 
-        await asyncio.to_thread(read)
+        await in_thread(read)
 
     def hash_range(self, hasher: Any, start: int, end: int) -> None:
         """Feed bytes ``[start, end)`` of the part file to ``hasher`` (from the page cache)."""

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from tenacity import RetryCallState
 
-from fastio_dl.blockio import PieceBuffer
+from fastio_dl.blockio import PieceBuffer, in_thread
 from fastio_dl.client import FastioClient, ReadStream, RetryPolicy
 from fastio_dl.config import Settings
 from fastio_dl.errors import (
@@ -35,6 +35,7 @@ from fastio_dl.errors import (
     ShortReadError,
     TransferError,
     WriteError,
+    human_bytes,
 )
 from fastio_dl.events import (
     FileFinished,
@@ -68,6 +69,9 @@ SEGMENT_BLOCK = (
 )  # a piece goes to disk (its resume point) and to the hash this often
 SAVE_EVERY = 0.2  # seconds between sidecar records of piece progress while pieces stream
 SEGMENT_MEMORY = 40 * 1024 * 1024  # pieces held in memory per segmented file, at most
+PROBE_SECONDS = 0.015  # how long segments run before the first connection's speed is judged
+FAST_LINK = 100 * 1024 * 1024  # bytes/s one connection must move to make more pointless
+PROBE_MIN = 256 * 1024 * 1024  # smaller files finish in seconds on such a link either way
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
 Part = MemoryPart | PartFile
 STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
@@ -378,6 +382,9 @@ class Engine:
                 # The server ignores Range: one stream from byte zero it is.
                 await part.discard()
                 self.reporter.emit(Notice("info", f"{final}: the server ignores Range; one stream"))
+            except FastLinkError as exc:
+                # One connection alone is fast: it goes on as one stream from where it is.
+                self.reporter.emit(Notice("info", f"{final}: {exc}"))
         start = part.resumable_offset()
         self.reporter.emit(FileStarted(item.key, str(final), remote.size, start))
         state = _FetchState(token=token)
@@ -467,7 +474,10 @@ class Engine:
             hasher = new_hasher(remote.hash_algo)
             run = _SegmentedRun(self, item, final, part, segments, state, hasher)
             try:
-                await run.run()
+                await run.run(probe=saved is None and round_number == 0 and size >= PROBE_MIN)
+            except FastLinkError:
+                await part.keep_prefix(segments[0][2])
+                raise
             except BaseException:
                 with contextlib.suppress(FastioDlError):
                     part.save_segments(segments)
@@ -578,8 +588,10 @@ class Engine:
                 if self._limiter is not None:
                     await self._limiter.take(len(chunk))
                 if batched >= block:  # block 0: every chunk at once
-                    await write(batch)
-                    batch, batched = [], 0
+                    # Handed over before the await: a write cut short (a cancel) must not see
+                    # the same chunks again below; the sink counts what it really took.
+                    handed, batch, batched = batch, [], 0
+                    await write(handed)
         finally:
             if batch:
                 with contextlib.suppress(FastioDlError):
@@ -714,13 +726,25 @@ class _SegmentedRun:
         self.pieces: dict[int, PieceBuffer] = {}
         self._window = asyncio.Semaphore(engine.settings.segments + 1)
 
-    async def run(self) -> None:
+    async def run(self, *, probe: bool = False) -> None:
+        """Fetch and hash every piece. With ``probe``, a first connection that alone moves
+        FAST_LINK bytes a second ends the run (FastLinkError) once PROBE_SECONDS have passed:
+        then more connections would only cost CPU on both ends, and one stream goes on."""
         todo = collections.deque(
             i for i, (start, end, done) in enumerate(self.segments) if done < end - start + 1
         )
         count = min(self.engine.settings.segments, len(todo))
         tasks = [asyncio.create_task(self._connection(todo)) for _ in range(count)]
         try:
+            if probe and count > 1:
+                began = time.monotonic()
+                await asyncio.wait(tasks, timeout=PROBE_SECONDS)
+                first = self.pieces.get(0)
+                rate = (first.got if first else 0) / max(time.monotonic() - began, 1e-3)
+                if rate >= FAST_LINK and not any(t.done() for t in tasks):
+                    raise FastLinkError(
+                        f"one connection moves {human_bytes(int(rate))}/s; one stream from here"
+                    )
             await self._frontier(tasks)
             await asyncio.gather(*tasks)
         except BaseException:
@@ -757,7 +781,7 @@ class _SegmentedRun:
                     ready = piece.got - hashed
                     if ready >= SEGMENT_BLOCK or (ready and piece.got == length):
                         view = piece.data()[hashed:]
-                        await asyncio.to_thread(self.hasher.update, view)
+                        await in_thread(self.hasher.update, view)
                         hashed += len(view)
                         continue
                 if self.segments[index][2] >= length and (piece is None or hashed == length):
@@ -777,10 +801,14 @@ class _SegmentedRun:
             piece = self.pieces.pop(index, None)
             if piece is None:  # finished by an earlier run: read it back
                 if self.hasher is not None:
-                    await asyncio.to_thread(self.part.hash_range, self.hasher, start, end + 1)
+                    await in_thread(self.part.hash_range, self.hasher, start, end + 1)
                 continue
             piece.release()
             self._window.release()
+
+
+class FastLinkError(TransferError):
+    """The first segment connection alone is fast: the file goes on as one stream."""
 
 
 class RangeUnsupportedError(TransferError):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fastio_dl import transfer
 from fastio_dl.emulator import Fault, SeededBlob
 from fastio_dl.transfer import split_segments
 from tests.conftest import Served
@@ -166,3 +167,42 @@ def test_interrupted_pieces_keep_their_bytes_and_resume_mid_piece(
     assert served.stat("read_bytes") == size - sum(seg[2] for seg in saved)
     starts = sorted(int(r.split("=")[1].split("-")[0]) for r in read_ranges(served))
     assert starts == sorted(seg[0] + seg[2] for seg in saved if seg[0] + seg[2] <= seg[1])
+
+
+def test_a_fast_single_connection_goes_on_as_one_stream(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Thresholds scaled down so that the loopback emulator counts as a fast link.
+    monkeypatch.setattr(transfer, "PROBE_MIN", 1)
+    monkeypatch.setattr(transfer, "FAST_LINK", 1)
+    monkeypatch.setattr(transfer, "PROBE_SECONDS", 0.05)
+    size = 24_000_000
+    node = add_big(served, size)
+    served.emulator.switches.bandwidth = 20_000_000  # 1 MB in the probe: a part, not all
+    result = served.cli(
+        "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG, "--debug", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
+    assert "one stream from here" in result.stdout + result.stderr
+    ranges = read_ranges(served)
+    # Four pieces started; then one open-ended range from where the first piece had got to.
+    assert len(ranges) == 5 and ranges[-1] is not None and ranges[-1].endswith("-")
+    resumed_at = int(ranges[-1].split("=")[1].rstrip("-"))
+    assert 0 < resumed_at < 6_000_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+
+
+def test_a_capped_connection_keeps_its_segments(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transfer, "PROBE_MIN", 1)
+    size = 8_000_000
+    node = add_big(served, size)
+    served.emulator.switches.bandwidth = 4_000_000  # far below FAST_LINK per connection
+    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
+    assert len(read_ranges(served)) == 4 and all(
+        r and not r.endswith("-") for r in read_ranges(served)
+    )
