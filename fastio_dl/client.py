@@ -12,6 +12,7 @@ import email.utils
 import json
 import random
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -23,7 +24,6 @@ from urllib.request import (  # type: ignore[attr-defined]
     proxy_bypass_environment,
 )
 
-import aiohttp
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -43,6 +43,32 @@ from fastio_dl.errors import (
     redact,
     register_secret,
 )
+
+
+def _import_aiohttp_without_ca_store() -> None:
+    """Import aiohttp without its import-time CA loading.
+
+    aiohttp builds two SSL contexts when first imported, each reading the system CA store
+    (about 17 ms apiece here), used only when a caller passes no context of its own. fastio-dl
+    always passes its own (:meth:`FastioClient.open`), so those two are left empty: should one
+    ever be used, it trusts nothing and TLS fails closed.
+    """
+    if "aiohttp" in sys.modules:
+        return
+
+    def skip(self: ssl.SSLContext) -> None:
+        return None
+
+    ssl.SSLContext.set_default_verify_paths = skip  # type: ignore[method-assign]
+    try:
+        import aiohttp  # noqa: F401
+    finally:
+        del ssl.SSLContext.set_default_verify_paths  # the C method again
+
+
+_import_aiohttp_without_ca_store()
+
+import aiohttp  # noqa: E402  (after the shim above)
 
 BULK_DETAILS_MAX = 25
 LIST_PAGE_SIZE = 500
@@ -303,14 +329,15 @@ class FastioClient:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings, *, max_connections: int) -> AsyncIterator[FastioClient]:
-        ssl_context: ssl.SSLContext | bool = True
-        if settings.ca_bundle is not None:
-            try:
-                ssl_context = ssl.create_default_context(cafile=str(settings.ca_bundle))
-            except (OSError, ssl.SSLError) as exc:
-                from fastio_dl.errors import UsageError
+        # Always a context of our own (never aiohttp's defaults, see above): verified, with the
+        # system store (SSL_CERT_FILE/SSL_CERT_DIR honoured) or the --ca-bundle given.
+        cafile = str(settings.ca_bundle) if settings.ca_bundle is not None else None
+        try:
+            ssl_context = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            from fastio_dl.errors import UsageError
 
-                raise UsageError(f"cannot load CA bundle {settings.ca_bundle}: {exc}") from exc
+            raise UsageError(f"cannot load CA bundle {settings.ca_bundle}: {exc}") from exc
         connector = aiohttp.TCPConnector(
             limit=max_connections, limit_per_host=0, ssl=ssl_context, ttl_dns_cache=300
         )

@@ -8,6 +8,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -374,3 +375,43 @@ def test_tls_verified_by_default_and_ca_bundle_trusts_a_private_ca(
         assert via_env.exit_code == 0, via_env.stderr
     assert tree_digests(tmp_path / "b") == served.expected() == tree_digests(tmp_path / "c")
     assert os.environ.get("SSL_CERT_FILE") == str(bundle)
+
+
+def test_tls_in_a_fresh_process_verifies_with_its_own_context(tmp_path: Path) -> None:
+    """A real CLI process (aiohttp imported without its CA loading) still verifies TLS."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    emulator, space = build(DatasetSpec(files=2, depth=0))
+    with EmulatorThread(emulator, ssl_context=context) as server:
+        served = Served(server, emulator, space)
+        env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+
+        def run(dest: str, *extra: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+            argv = served.argv("get", f"ws:{space.id}/root", "-d", str(tmp_path / dest), *extra)
+            return subprocess.run(
+                argv, capture_output=True, text=True, env={**env, **more_env}, timeout=60
+            )
+
+        refused = run("a")
+        assert refused.returncode == 1 and "certificate" in refused.stderr.lower()
+        assert run("b", "--ca-bundle", str(bundle)).returncode == 0
+        assert run("c", SSL_CERT_FILE=str(bundle)).returncode == 0
+    assert tree_digests(tmp_path / "b") == served.expected() == tree_digests(tmp_path / "c")
+
+
+def test_aiohttp_defaults_trust_nothing_and_later_contexts_load_the_store() -> None:
+    probe = (
+        "import ssl, fastio_dl.client, aiohttp.connector as c;"
+        "print(c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'],"
+        " ssl.create_default_context().cert_store_stats()['x509_ca'])"
+    )
+    plain = "import ssl; print(ssl.create_default_context().cert_store_stats()['x509_ca'])"
+    shimmed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    fresh = subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True)
+    aiohttp_default, ours = shimmed.stdout.split()
+    assert aiohttp_default == "0"  # should aiohttp's default ever be used, it fails closed
+    assert ours == fresh.stdout.strip()  # our own contexts load the store as usual
