@@ -28,23 +28,29 @@ O_DIRECT = getattr(os, "O_DIRECT", 0)
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 _POOL: dict[int, list[mmap.mmap]] = {}  # reused buffers: fresh memory costs more than a copy
 _POOL_LOCK = threading.Lock()
-_POOL_MAX = 8  # kept per size
+_POOL_BYTES = 64 * 1024 * 1024  # kept between uses, at most, over all sizes
+_pooled = 0  # bytes kept now
+_GRAIN = 1024 * 1024  # sizes are rounded up to this, so that buffers fit more pieces
 
 
 def take_buffer(size: int = CAPACITY) -> mmap.mmap:
-    """A page-aligned buffer of ``size`` bytes (a multiple of ALIGN), reused when possible."""
+    """A page-aligned buffer of at least ``size`` bytes (whole MiB), reused when possible."""
+    global _pooled
+    size = -(-size // _GRAIN) * _GRAIN
     with _POOL_LOCK:
         free = _POOL.get(size)
         if free:
+            _pooled -= size
             return free.pop()
     return mmap.mmap(-1, size)  # anonymous mappings are page-aligned
 
 
 def give_back(buffer: mmap.mmap) -> None:
+    global _pooled
     with _POOL_LOCK:
-        free = _POOL.setdefault(len(buffer), [])
-        if len(free) < _POOL_MAX:
-            free.append(buffer)
+        if _pooled + len(buffer) <= _POOL_BYTES:
+            _POOL.setdefault(len(buffer), []).append(buffer)
+            _pooled += len(buffer)
             return
     with contextlib.suppress(BufferError):  # a view still alive: the collector frees it later
         buffer.close()

@@ -184,3 +184,14 @@ def test_piece_buffer_writes_blocks_then_the_tail(tmp_path: Path, start: int) ->
         file.close_direct()
         os.close(fd)
     assert path.read_bytes()[start:] == data
+
+
+def test_the_buffer_pool_keeps_a_bounded_amount() -> None:
+    taken = [blockio.take_buffer(size) for size in range(1, 40 * 1024 * 1024, 3 * 1024 * 1024 + 7)]
+    assert all(len(b) % (1024 * 1024) == 0 and len(b) >= 1 for b in taken)
+    for buffer in taken:
+        blockio.give_back(buffer)
+    assert blockio._pooled <= blockio._POOL_BYTES
+    again = blockio.take_buffer(5 * 1024 * 1024)  # a pooled size comes back reused
+    assert len(again) == 5 * 1024 * 1024
+    blockio.give_back(again)
