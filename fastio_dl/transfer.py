@@ -64,9 +64,7 @@ from fastio_dl.storage import (
 WRITE_BLOCK = 4 * 1024 * 1024
 MIN_PIECE = 4 * 1024 * 1024
 PIECES_PER_CONNECTION = 8
-SEGMENT_BLOCK = (
-    4 * 1024 * 1024
-)  # a piece goes to disk (its resume point) and to the hash this often
+SEGMENT_BLOCK = 4 * 1024 * 1024  # a piece goes to disk (a resume point) and to the hash
 SAVE_EVERY = 0.2  # seconds between sidecar records of piece progress while pieces stream
 SEGMENT_MEMORY = 40 * 1024 * 1024  # pieces held in memory per segmented file, at most
 PROBE_SECONDS = 0.015  # how long segments run before the first connection's speed is judged
@@ -459,9 +457,9 @@ class Engine:
         """Fetch ``--segments`` byte ranges at once into one preallocated ``.part``.
 
         The file is cut into pieces that the connections take in file order. A piece arrives
-        into memory and goes to disk every MiB (the sidecar records each piece's progress, so
-        every piece resumes on its own); the hash then takes the pieces in order straight from
-        memory. At most two pieces more than connections are held, so memory stays bounded.
+        into memory and goes to disk every 4 MiB (the sidecar records each piece's progress, so
+        every piece resumes on its own); the hash takes the pieces in order straight from
+        memory. At most one piece more than there are connections is held: memory is bounded.
         """
         remote = item.remote
         size = remote.size
@@ -502,7 +500,7 @@ class Engine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _fetch_piece(self, run: _SegmentedRun, seg: list[int], piece: PieceBuffer) -> None:
-        """One piece into memory (and to disk every MiB), resumed and retried on its own."""
+        """One piece into memory (and to disk every 4 MiB), resumed and retried on its own."""
         item, part = run.item, run.part
         remote = item.remote
         label = f"{run.final} [bytes {seg[0]}-{seg[1]}]"
@@ -784,7 +782,8 @@ class _SegmentedRun:
                         await in_thread(self.hasher.update, view)
                         hashed += len(view)
                         continue
-                if self.segments[index][2] >= length and (piece is None or hashed == length):
+                hashed_all = piece is None or hashed == length or self.hasher is None
+                if self.segments[index][2] >= length and hashed_all:
                     break
                 failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
                 if failed:

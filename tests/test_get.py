@@ -267,17 +267,29 @@ def test_other_hash_algorithms_are_verified(served: Served, tmp_path: Path, algo
     assert not (tmp_path / "bad" / node.name).exists()
 
 
-def test_missing_hash_downloads_with_a_warning(served: Served, tmp_path: Path) -> None:
+@pytest.mark.parametrize("why", ["no hash", "unknown algorithm"])
+@pytest.mark.parametrize(
+    ("size", "extra"),
+    [
+        (50_000, ()),  # in memory
+        (3_000_000, ()),  # one stream
+        (6_000_000, ("--segments", "4", "--segment-threshold", "1M")),  # pieces
+    ],
+)
+def test_unverifiable_hash_downloads_with_a_warning(
+    served: Served, tmp_path: Path, size: int, extra: tuple[str, ...], why: str
+) -> None:
     def add():
-        node = served.space.add_file("root", "nohash.bin", SeededBlob(6, 50_000))
-        node.hidden_hash = True
+        algo = "blake3" if why == "unknown algorithm" else "sha256"
+        node = served.space.add_file("root", "nohash.bin", SeededBlob(6, size), hash_algo=algo)
+        node.hidden_hash = why == "no hash"
         return node
 
     node = served.server.call(add)
-    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path))
+    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *extra)
     assert result.exit_code == 0, result.stderr
-    assert "warning:" in result.stderr and "hash not verified" in result.stderr
-    assert (tmp_path / "nohash.bin").read_bytes() == node.blob.read(0, 50_000)
+    assert "warning:" in result.stderr and "not verified" in result.stderr
+    assert (tmp_path / "nohash.bin").read_bytes() == node.blob.read(0, size)
 
 
 def test_plain_lines_skip_unchanged_files_unless_debug(served: Served, tmp_path: Path) -> None:
