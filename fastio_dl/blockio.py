@@ -281,12 +281,17 @@ class StreamWriter:
         cut = stop - stop % ALIGN
         self._current = (self._current + 1) % len(self._slots)
         following = self._slots[self._current]
-        await following.wait()
-        tail = self.fill - cut
-        following.view[:tail] = slot.view[cut : self.fill]
-        self.base += cut
-        self.head = stop - cut
-        self.fill = tail
+        try:
+            await following.wait()
+        finally:
+            # Also after a cancel or a failed write: wait() returns only once that buffer's
+            # jobs have ended, and the layout must move with _current or later bytes would be
+            # taken from the wrong buffer.
+            tail = self.fill - cut
+            following.view[:tail] = slot.view[cut : self.fill]
+            self.base += cut
+            self.head = stop - cut
+            self.fill = tail
 
 
 def _after(

@@ -195,3 +195,46 @@ def test_the_buffer_pool_keeps_a_bounded_amount() -> None:
     again = blockio.take_buffer(5 * 1024 * 1024)  # a pooled size comes back reused
     assert len(again) == 5 * 1024 * 1024
     blockio.give_back(again)
+
+
+def test_a_write_cancelled_mid_way_leaves_exactly_the_bytes_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.part"
+    path.write_bytes(b"")
+    real = DirectFile.write_region
+
+    def slow(self: DirectFile, base: int, start: int, region: memoryview) -> None:
+        import time
+
+        time.sleep(0.02)  # the loop gets ahead and has to wait for a buffer
+        real(self, base, start, region)
+
+    monkeypatch.setattr(DirectFile, "write_region", slow)
+    data = random.Random(4).randbytes(40_000_000)
+    fd = os.open(path, os.O_WRONLY)
+    file = DirectFile(fd, str(path))
+    hasher = hashlib.sha256()
+
+    async def go() -> int:
+        writer = StreamWriter(file, 0, hasher)
+
+        async def feed() -> None:
+            for i in range(0, len(data), 1_000_003):
+                await writer.write([data[i : i + 1_000_003]])
+
+        task = asyncio.ensure_future(feed())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await writer.finish()  # what an interrupted transfer does before it closes
+        writer.close()
+        return writer.end
+
+    taken = asyncio.run(go())
+    file.close_direct()
+    os.close(fd)
+    assert 0 < taken < len(data)
+    assert path.read_bytes() == data[:taken]
+    assert hasher.hexdigest() == hashlib.sha256(data[:taken]).hexdigest()
