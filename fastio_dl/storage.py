@@ -208,30 +208,6 @@ class PathGuard:
         return path
 
 
-class LocalIndex:
-    """Which names exist in destination directories: each directory listed once per run.
-
-    A stat per planned file on the event loop waits behind the directory's lock while worker
-    threads create and rename files in the same directory (about 150 us a stat with 32 writers,
-    0.3 s of a 2,000-file run); one listing per directory does not. A file that appears in a
-    listed directory later in the run (another program's) is not seen.
-    """
-
-    def __init__(self) -> None:
-        self._names: dict[str, frozenset[str]] = {}
-
-    def exists(self, path: Path) -> bool:
-        parent = str(path.parent)
-        names = self._names.get(parent)
-        if names is None:
-            try:
-                names = frozenset(os.listdir(parent))
-            except OSError:
-                names = frozenset()
-            self._names[parent] = names
-        return path.name in names
-
-
 def _open_nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
 
