@@ -337,6 +337,7 @@ class PartFile:
         self._fd: int | None = None
         self._file: DirectFile | None = None
         self._saved_at = 0.0  # when save_segments last wrote the sidecar
+        self._handed_over: tuple[int, Any] | None = None  # (size, hasher) from keep_prefix()
         self._writer: StreamWriter | None = None  # the single stream's writer (open())
 
     def resumable_offset(self) -> int:
@@ -358,10 +359,13 @@ class PartFile:
         """Open for writing at ``offset`` (0 truncates) and hash the kept prefix."""
         await self.close()
         self._hasher = new_hasher(self.meta.hash_algo)
+        handed, self._handed_over = self._handed_over, None
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             algo = (self.meta.hash_algo or "").lower()
-            if offset > 0 and self._hasher is not None:
+            if handed is not None and offset == handed[0] and offset > 0:
+                self._hasher = handed[1]  # keep_prefix() hashed these bytes from memory
+            elif offset > 0 and self._hasher is not None:
                 self._hasher, offset = await asyncio.to_thread(hash_file, self.path, algo, offset)
             if offset == 0:
                 self.sidecar.write_text(json.dumps(asdict(self.meta)), encoding="utf-8")
@@ -486,9 +490,9 @@ class PartFile:
         except OSError as exc:
             raise _write_error(self.sidecar, exc) from exc
 
-    async def keep_prefix(self, size: int) -> None:
-        """Turn a segmented ``.part`` into a one-stream one holding its first ``size`` bytes
-        (the next open() resumes after them), then close it."""
+    async def keep_prefix(self, size: int, hasher: Any) -> None:
+        """Turn a segmented ``.part`` into a one-stream one holding its first ``size`` bytes,
+        already hashed into ``hasher`` (the next open(size) goes on from there), then close."""
         try:
             if self._fd is not None:
                 os.ftruncate(self._fd, size)
@@ -497,6 +501,7 @@ class PartFile:
             raise _write_error(self.path, exc) from exc
         finally:
             await self.close()
+        self._handed_over = (size, hasher)
 
     async def write_piece(self, piece: PieceBuffer, *, tail: bool) -> None:
         """Write a segment piece's bytes not on disk yet: whole blocks, or all with ``tail``."""

@@ -66,7 +66,7 @@ PIECES_PER_CONNECTION = 8
 SEGMENT_BLOCK = 4 * 1024 * 1024  # a piece goes to disk (a resume point) and to the hash
 SAVE_EVERY = 0.2  # seconds between sidecar records of piece progress while pieces stream
 SEGMENT_MEMORY = 40 * 1024 * 1024  # pieces held in memory per segmented file, at most
-PROBE_SECONDS = 0.015  # how long segments run before the first connection's speed is judged
+PROBE_SECONDS = 0.015  # how long the first connection runs alone before its speed is judged
 FAST_LINK = 100 * 1024 * 1024  # bytes/s one connection must move to make more pointless
 PROBE_MIN = 256 * 1024 * 1024  # smaller files finish in seconds on such a link either way
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
@@ -472,7 +472,7 @@ class Engine:
             try:
                 await run.run(probe=saved is None and round_number == 0 and size >= PROBE_MIN)
             except FastLinkError:
-                await part.keep_prefix(segments[0][2])
+                await part.keep_prefix(run.prefix, run.hasher)
                 raise
             except BaseException:
                 with contextlib.suppress(FastioDlError):
@@ -720,38 +720,64 @@ class _SegmentedRun:
         self.hasher = hasher
         self.changed = asyncio.Event()
         self.pieces: dict[int, PieceBuffer] = {}
+        self.prefix = 0  # after FastLinkError: bytes from zero on disk and in ``hasher``
         self._window = asyncio.Semaphore(engine.settings.segments + 1)
 
     async def run(self, *, probe: bool = False) -> None:
-        """Fetch and hash every piece. With ``probe``, a first connection that alone moves
-        FAST_LINK bytes a second ends the run (FastLinkError) once PROBE_SECONDS have passed:
-        then more connections would only cost CPU on both ends, and one stream goes on."""
+        """Fetch and hash every piece.
+
+        With ``probe``, the first connection runs alone for PROBE_SECONDS. If it moves FAST_LINK
+        bytes a second, more connections would only cost CPU on both ends: what it fetched is
+        hashed (``prefix`` bytes, in ``hasher``) and FastLinkError hands the file to one stream.
+        Otherwise the other connections join.
+        """
         todo = collections.deque(
             i for i, (start, end, done) in enumerate(self.segments) if done < end - start + 1
         )
         count = min(self.engine.settings.segments, len(todo))
-        tasks = [asyncio.create_task(self._connection(todo)) for _ in range(count)]
+        tasks = [asyncio.create_task(self._connection(todo)) for _ in range(min(count, 1))]
         try:
             if probe and count > 1:
-                began = time.monotonic()
+                began, before = time.monotonic(), self.state.transferred
                 await asyncio.wait(tasks, timeout=PROBE_SECONDS)
-                first = self.pieces.get(0)
-                rate = (first.got if first else 0) / max(time.monotonic() - began, 1e-3)
-                if rate >= FAST_LINK and not any(t.done() for t in tasks):
+                moved = self.state.transferred - before
+                rate = moved / max(time.monotonic() - began, 1e-3)
+                if rate >= FAST_LINK and not tasks[0].done():
+                    await self._stop(tasks)
+                    await self._hash_prefix()
                     raise FastLinkError(
                         f"one connection moves {human_bytes(int(rate))}/s; one stream from here"
                     )
+            tasks += [asyncio.create_task(self._connection(todo)) for _ in range(count - 1)]
             await self._frontier(tasks)
             await asyncio.gather(*tasks)
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop(tasks)
             raise
         finally:
             for piece in self.pieces.values():
                 piece.release()
             self.pieces.clear()
+
+    @staticmethod
+    async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _hash_prefix(self) -> None:
+        """Hash, from memory, the bytes from zero that the stopped connections left with no gap
+        (each piece wrote what it got when it stopped); ``prefix`` says how many."""
+        self.prefix = 0
+        for index, (start, end, _) in enumerate(self.segments):
+            piece = self.pieces.get(index)
+            if piece is None or start != self.prefix:
+                return
+            if self.hasher is not None:
+                await in_thread(self.hasher.update, piece.data())
+            self.prefix += piece.got
+            if piece.got < end - start + 1:
+                return
 
     async def _connection(self, todo: collections.deque[int]) -> None:
         # Pieces are taken in file order, so they finish roughly in order and the hash keeps
