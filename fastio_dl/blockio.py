@@ -1,12 +1,16 @@
-"""An in-order byte stream written into a file: whole aligned blocks with O_DIRECT.
+"""Large downloads on their way to disk: whole aligned blocks with O_DIRECT.
 
 A large download written through the page cache costs the kernel a copy and a fresh page for
 every 4 KiB, dirties memory that the fsync before the rename then has to wait for, and evicts
-whatever the user had cached. Whole aligned blocks written with ``O_DIRECT`` go from one reused
+whatever the user had cached. Whole aligned blocks written with ``O_DIRECT`` go from a reused
 buffer to the device instead. The unaligned ends (the start of a resumed file, the last bytes of
 a file, what is flushed at an interruption) go through the ordinary descriptor. Where the file
 system refuses ``O_DIRECT`` (at open or at the first write), everything goes through the
 ordinary descriptor, as before.
+
+:class:`StreamWriter` carries one in-order stream (and its hash); :class:`PieceBuffer` holds one
+piece of a segmented download. Buffers come from a small pool: on some machines touching fresh
+memory costs more than the copy into it.
 """
 
 from __future__ import annotations
