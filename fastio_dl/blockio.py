@@ -131,7 +131,21 @@ class DirectFile:
             os.posix_fadvise(fd, at, len(data), _FADV_DONTNEED)
 
 
-class PieceBuffer:
+class _Held:
+    """A pooled buffer and a view of it, until release()."""
+
+    def __init__(self, size: int) -> None:
+        self._buffer: mmap.mmap | None = take_buffer(size)
+        self.view = memoryview(self._buffer)
+
+    def release(self) -> None:
+        if self._buffer is not None:
+            self.view.release()
+            give_back(self._buffer)
+            self._buffer = None
+
+
+class PieceBuffer(_Held):
     """One segment piece in memory: ``length`` bytes for file offset ``start`` on, placed so
     that aligned file offsets are aligned addresses. ``got`` bytes arrived, ``written`` of them
     are on disk."""
@@ -140,9 +154,7 @@ class PieceBuffer:
         self.start = start
         self.lead = start % ALIGN
         self.length = length
-        size = -(-(self.lead + length) // ALIGN) * ALIGN
-        self._buffer: mmap.mmap | None = take_buffer(size)
-        self.view = memoryview(self._buffer)
+        super().__init__(self.lead + length)
         self.got = 0
         self.written = 0
 
@@ -165,19 +177,12 @@ class PieceBuffer:
             file.write_region(base, begin, self.view[begin:stop])
             self.written = stop - self.lead
 
-    def release(self) -> None:
-        if self._buffer is not None:
-            self.view.release()
-            give_back(self._buffer)
-            self._buffer = None
 
-
-class _Slot:
+class _Slot(_Held):
     """One buffer of the ring and the jobs still reading it."""
 
     def __init__(self) -> None:
-        self.buffer: mmap.mmap | None = take_buffer()
-        self.view = memoryview(self.buffer)
+        super().__init__(CAPACITY)
         self.pending: asyncio.Future[None] | None = None
 
     async def wait(self) -> None:
@@ -190,12 +195,6 @@ class _Slot:
             # The worker threads still read the buffer: it is not reused before they end.
             await asyncio.wait([pending])
             raise
-
-    def release(self) -> None:
-        if self.buffer is not None:
-            self.view.release()
-            give_back(self.buffer)
-            self.buffer = None
 
 
 class StreamWriter:

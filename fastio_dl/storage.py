@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import unicodedata
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NewType
@@ -392,18 +393,18 @@ class PartFile:
     async def flush(self) -> None:
         """Wait for the batch in flight; its write error, if any, is raised here."""
         if self._writer is not None:
-            try:
-                await self._writer.flush()
-            except OSError as exc:
-                raise _write_error(self.path, exc) from exc
+            await self._mapped(self._writer.flush())
 
     async def settle(self) -> None:
         """Write every byte handed over so far, the unaligned tail included."""
         if self._writer is not None:
-            try:
-                await self._writer.finish()
-            except OSError as exc:
-                raise _write_error(self.path, exc) from exc
+            await self._mapped(self._writer.finish())
+
+    async def _mapped(self, step: Awaitable[None]) -> None:
+        try:
+            await step
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
 
     async def close(self) -> None:
         try:
