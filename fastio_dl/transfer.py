@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from tenacity import RetryCallState
 
-from fastio_dl.blockio import PieceBuffer, in_thread
+from fastio_dl.blockio import ALIGN, PieceBuffer, in_thread
 from fastio_dl.client import FastioClient, ReadStream, RetryPolicy
 from fastio_dl.config import Settings
 from fastio_dl.errors import (
@@ -867,7 +867,7 @@ def split_segments(size: int, count: int, saved: list[list[int]] | None) -> list
     eight per connection, 4 MiB at least, small enough that ``count + 2`` of them fit in
     SEGMENT_MEMORY, and never fewer than ``count``. An earlier run's progress is kept (a
     single-stream prefix marks the leading pieces done; larger pieces are cut again)."""
-    cap = max(SEGMENT_BLOCK, SEGMENT_MEMORY // (count + 1))
+    cap = max(SEGMENT_BLOCK, SEGMENT_MEMORY // (count + 1) // ALIGN * ALIGN)  # whole blocks
     if saved and all(len(seg) == 3 for seg in saved) and len(saved) > 1:
         return [piece for seg in saved for piece in _cut(seg, cap)]
     step = min(max(-(-size // (count * PIECES_PER_CONNECTION)), MIN_PIECE), cap, -(-size // count))
