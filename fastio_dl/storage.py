@@ -530,7 +530,8 @@ class PartFile:
         await in_thread(read)
 
     def hash_range(self, hasher: Any, start: int, end: int) -> None:
-        """Feed bytes ``[start, end)`` of the part file to ``hasher`` (from the page cache)."""
+        """Feed bytes ``[start, end)`` of the part file to ``hasher``: pieces that an earlier
+        run finished, read back from disk."""
         with open(self.path, "rb", buffering=0) as handle:
             handle.seek(start)
             first = start
@@ -541,7 +542,7 @@ class PartFile:
                 hasher.update(block)
                 start += len(block)
             if _FADV_DONTNEED is not None:
-                # Hashed: start its writeback now so the fsync before the rename is short.
+                # Read once for the hash: no reason to keep these pages in the user's cache.
                 os.posix_fadvise(handle.fileno(), first, end - first, _FADV_DONTNEED)
 
     def set_result(self, size: int, hasher: Any) -> None:
