@@ -29,7 +29,7 @@ T = TypeVar("T")
 ALIGN = 4096  # the strictest usual O_DIRECT alignment (4Kn devices); 512-byte ones accept it
 CAPACITY = 5 * 1024 * 1024  # one write batch (4 MiB and a network chunk) fits in one buffer
 O_DIRECT = getattr(os, "O_DIRECT", 0)
-_FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
+FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 _POOL: dict[int, list[mmap.mmap]] = {}  # reused buffers: fresh memory costs more than a copy
 _POOL_LOCK = threading.Lock()
 _POOL_BYTES = 64 * 1024 * 1024  # kept between uses, at most, over all sizes
@@ -60,15 +60,19 @@ def give_back(buffer: mmap.mmap) -> None:
         buffer.close()
 
 
-async def in_thread(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """``asyncio.to_thread`` that, when cancelled, still waits for the thread to end: it may be
-    using a buffer or a descriptor that the caller releases right after."""
-    job = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+async def settled(job: asyncio.Future[T]) -> T:
+    """Await ``job``; when cancelled, still wait for it to end before re-raising: worker
+    threads behind it may be using a buffer or a descriptor that the caller releases next."""
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:
         await asyncio.wait([job])
         raise
+
+
+async def in_thread(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``asyncio.to_thread`` that, when cancelled, still waits for the thread to end."""
+    return await settled(asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs)))
 
 
 def open_direct(path: str) -> int | None:
@@ -125,10 +129,10 @@ class DirectFile:
             if written <= 0:
                 raise OSError(errno.EIO, "write made no progress")
             done += written
-        if fd == self.fd and _FADV_DONTNEED is not None and self.direct_fd is None:
+        if fd == self.fd and FADV_DONTNEED is not None and self.direct_fd is None:
             # Through the page cache: start writeback now (Linux queues dirty pages on
             # DONTNEED), so the fsync before the rename has little left and the cache stays small.
-            os.posix_fadvise(fd, at, len(data), _FADV_DONTNEED)
+            os.posix_fadvise(fd, at, len(data), FADV_DONTNEED)
 
 
 class _Held:
@@ -187,14 +191,8 @@ class _Slot(_Held):
 
     async def wait(self) -> None:
         pending, self.pending = self.pending, None
-        if pending is None:
-            return
-        try:
-            await asyncio.shield(pending)
-        except asyncio.CancelledError:
-            # The worker threads still read the buffer: it is not reused before they end.
-            await asyncio.wait([pending])
-            raise
+        if pending is not None:
+            await settled(pending)  # the buffer is not reused before its jobs end
 
 
 class StreamWriter:
@@ -246,14 +244,8 @@ class StreamWriter:
         pending = [slot.pending for slot in self._slots if slot.pending is not None]
         for slot in self._slots:
             slot.pending = None
-        if not pending:
-            return
-        try:
-            await asyncio.shield(_all_of(pending))
-        except asyncio.CancelledError:
-            # The worker threads still read the buffers: they are not reused before they end.
-            await asyncio.wait(pending)
-            raise
+        if pending:
+            await settled(asyncio.ensure_future(_all_of(pending)))
 
     async def finish(self) -> None:
         """Write everything held, the unaligned tail too; more bytes may follow later."""

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NewType
 
-from fastio_dl.blockio import DirectFile, PieceBuffer, StreamWriter, in_thread
+from fastio_dl.blockio import FADV_DONTNEED, DirectFile, PieceBuffer, StreamWriter, in_thread
 from fastio_dl.errors import DiskSpaceError, IntegrityError, TransferError, WriteError, human_bytes
 
 PART_SUFFIX = ".part"
@@ -29,7 +29,6 @@ SIDECAR_SUFFIX = ".part.json"
 MAX_NAME_BYTES = 255 - len(SIDECAR_SUFFIX)
 DISK_MARGIN = 1024 * 1024
 HASH_BLOCK = 1024 * 1024
-_FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 KNOWN_ALGOS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 _WINDOWS_RESERVED = frozenset(
     {"con", "prn", "aux", "nul"}
@@ -352,6 +351,10 @@ class PartFile:
             return 0
         return size
 
+    def _write_meta(self) -> None:
+        """The sidecar of a one-stream ``.part``: which remote bytes it holds (no pieces)."""
+        self.sidecar.write_text(json.dumps(asdict(self.meta)), encoding="utf-8")
+
     @property
     def is_open(self) -> bool:
         return self._fd is not None
@@ -369,7 +372,7 @@ class PartFile:
             elif offset > 0 and self._hasher is not None:
                 self._hasher, offset = await asyncio.to_thread(hash_file, self.path, algo, offset)
             if offset == 0:
-                self.sidecar.write_text(json.dumps(asdict(self.meta)), encoding="utf-8")
+                self._write_meta()
             self._fd = _open_nofollow(str(self.path), os.O_WRONLY | os.O_CREAT)
             os.ftruncate(self._fd, offset)
         except OSError as exc:
@@ -497,7 +500,7 @@ class PartFile:
         try:
             if self._fd is not None:
                 os.ftruncate(self._fd, size)
-            self.sidecar.write_text(json.dumps(asdict(self.meta)), encoding="utf-8")
+            self._write_meta()
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
         finally:
@@ -509,10 +512,7 @@ class PartFile:
         file = self._file
         if file is None:
             raise WriteError(f"{self.path} is closed")
-        try:
-            await in_thread(piece.write_out, file, tail=tail)
-        except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+        await self._mapped(in_thread(piece.write_out, file, tail=tail))
 
     async def read_piece(self, piece: PieceBuffer, count: int) -> None:
         """Load the first ``count`` bytes of a piece that an earlier run left on disk."""
@@ -541,9 +541,9 @@ class PartFile:
                     raise IntegrityError(f"{self.path.name} is shorter than expected")
                 hasher.update(block)
                 start += len(block)
-            if _FADV_DONTNEED is not None:
+            if FADV_DONTNEED is not None:
                 # Read once for the hash: no reason to keep these pages in the user's cache.
-                os.posix_fadvise(handle.fileno(), first, end - first, _FADV_DONTNEED)
+                os.posix_fadvise(handle.fileno(), first, end - first, FADV_DONTNEED)
 
     def set_result(self, size: int, hasher: Any) -> None:
         """Record what a segmented download verified, for verify() and commit()."""
