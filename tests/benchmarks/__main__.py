@@ -33,6 +33,7 @@ from tests.benchmarks.harness import (
     Run,
     compile_package,
     fastio_args,
+    fastio_get,
     fresh_dir,
     median,
     require,
@@ -95,16 +96,7 @@ def b1(tmp: Path, rounds: int) -> list[dict[str, Any]]:
         def ours() -> Run:
             return run_measured(
                 "fastio-dl",
-                [
-                    *FASTIO_DL,
-                    "get",
-                    f"ws:{WS}/root",
-                    "-d",
-                    str(fresh_dir(tmp / "f")),
-                    "-j",
-                    "16",
-                    *fastio_args(emu),
-                ],
+                fastio_get(emu, fresh_dir(tmp / "f"), "-j", "16"),
             )
 
         def run_curl() -> Run:
@@ -157,14 +149,7 @@ def b2(tmp: Path, rounds: int, size: str) -> list[dict[str, Any]]:
         def ours() -> Run:
             return run_measured(
                 "fastio-dl",
-                [
-                    *FASTIO_DL,
-                    "get",
-                    f"ws:{WS}/root",
-                    "-d",
-                    str(fresh_dir(tmp / "f")),
-                    *fastio_args(emu),
-                ],
+                fastio_get(emu, fresh_dir(tmp / "f")),
             )
 
         def run_curl() -> Run:
@@ -205,16 +190,7 @@ def b3(tmp: Path, rounds: int, size: str, cap: str, n: int) -> list[dict[str, An
         def ours() -> Run:
             return run_measured(
                 "fastio-dl",
-                [
-                    *FASTIO_DL,
-                    "get",
-                    f"ws:{WS}/root",
-                    "-d",
-                    str(fresh_dir(tmp / "f")),
-                    "--segments",
-                    str(n),
-                    *fastio_args(emu),
-                ],
+                fastio_get(emu, fresh_dir(tmp / "f"), "--segments", str(n)),
             )
 
         def run_aria() -> Run:

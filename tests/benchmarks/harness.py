@@ -195,3 +195,8 @@ def require(tool: str, package: str) -> str:
 
 def fastio_args(emulator: EmulatorProcess) -> list[str]:
     return ["--api-base", emulator.api_base, "--token", DEFAULT_TOKEN, "--progress", "none"]
+
+
+def fastio_get(emulator: EmulatorProcess, dest: Path | str, *extra: str) -> list[str]:
+    """``fastio-dl get`` of the emulator's whole workspace into ``dest``."""
+    return [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", str(dest), *extra, *fastio_args(emulator)]

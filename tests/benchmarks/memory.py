@@ -15,10 +15,8 @@ import tempfile
 from pathlib import Path
 
 from tests.benchmarks.harness import (
-    FASTIO_DL,
-    WS,
     EmulatorProcess,
-    fastio_args,
+    fastio_get,
     parse_size,
     run_measured,
 )
@@ -37,9 +35,7 @@ def main() -> int:
     )
     try:
         with tempfile.TemporaryDirectory(prefix="fastio-mem-") as tmp:
-            run = run_measured(
-                "fastio-dl", [*FASTIO_DL, "get", f"ws:{WS}/root", "-d", tmp, *fastio_args(emulator)]
-            )
+            run = run_measured("fastio-dl", fastio_get(emulator, tmp))
             code, wall, cpu, peak = run.exit, run.wall, run.cpu, run.peak_mb
             files = [p for p in Path(tmp).rglob("*") if p.is_file()]
             # exit 0 means fastio-dl verified size and sha256 against the emulator's answer
