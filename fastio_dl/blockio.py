@@ -154,11 +154,13 @@ class PieceBuffer(_Held):
     that aligned file offsets are aligned addresses. ``got`` bytes arrived, ``written`` of them
     are on disk."""
 
-    def __init__(self, start: int, length: int) -> None:
+    def __init__(self, start: int, length: int, capacity: int = 0) -> None:
         self.start = start
         self.lead = start % ALIGN
         self.length = length
-        super().__init__(self.lead + length)
+        # Pieces of one file ask for one capacity, so a buffer freed by any of them fits the
+        # next (memory a piece does not fill is never touched).
+        super().__init__(max(self.lead + length, capacity))
         self.got = 0
         self.written = 0
 

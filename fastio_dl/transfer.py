@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -508,7 +509,7 @@ class Engine:
         async def put(batch: list[bytes]) -> None:
             for chunk in batch:
                 piece.put(chunk)
-            if piece.got - piece.written >= SEGMENT_BLOCK:
+            if piece.got < piece.length and piece.got - piece.written >= SEGMENT_BLOCK:
                 await self._save_piece(run, seg, piece, tail=False)
 
         async for attempt in self.retry.retrying(self._report_retry(item.key, label)):
@@ -537,13 +538,15 @@ class Engine:
                         try:
                             await self._pump(item, stream, run.state, room, 0, put, too_much)
                         finally:
-                            # What arrived is kept: on disk, so a retry or the next run resumes.
-                            await self._save_piece(run, seg, piece, tail=True)
+                            if piece.got < piece.length:
+                                # What arrived is kept on disk: a retry or the next run resumes.
+                                await self._save_piece(run, seg, piece, tail=True)
                 except ApiError as exc:
                     await self._after_read_error(item, run.state, exc)
                 if piece.got < piece.length:
                     raise ShortReadError(f"range ended after {piece.got} of {piece.length} bytes")
-        run.changed.set()
+        # A whole piece goes to disk while its connection already asks for the next one.
+        run.save(self._save_piece(run, seg, piece, tail=True))
 
     async def _save_piece(
         self, run: _SegmentedRun, seg: list[int], piece: PieceBuffer, *, tail: bool
@@ -719,9 +722,12 @@ class _SegmentedRun:
         self.state = state
         self.hasher = hasher
         self.changed = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []  # the connections
+        self.saves: list[asyncio.Future[None]] = []  # whole pieces going to disk
         self.pieces: dict[int, PieceBuffer] = {}
         self.prefix = 0  # after FastLinkError: bytes from zero on disk and in ``hasher``
         self._window = asyncio.Semaphore(engine.settings.segments + 1)
+        self._capacity = ALIGN + max(end - start + 1 for start, end, _ in segments)
 
     async def run(self, *, probe: bool = False) -> None:
         """Fetch and hash every piece.
@@ -735,7 +741,8 @@ class _SegmentedRun:
             i for i, (start, end, done) in enumerate(self.segments) if done < end - start + 1
         )
         count = min(self.engine.settings.segments, len(todo))
-        tasks = [asyncio.create_task(self._connection(todo)) for _ in range(min(count, 1))]
+        tasks = self.tasks
+        tasks.append(asyncio.create_task(self._connection(todo)))
         try:
             if probe and count > 1:
                 began, before = time.monotonic(), self.state.transferred
@@ -743,40 +750,44 @@ class _SegmentedRun:
                 moved = self.state.transferred - before
                 rate = moved / max(time.monotonic() - began, 1e-3)
                 if rate >= FAST_LINK and not tasks[0].done():
-                    await self._stop(tasks)
+                    await self._stop()
                     await self._hash_prefix()
                     raise FastLinkError(
                         f"one connection moves {human_bytes(int(rate))}/s; one stream from here"
                     )
             tasks += [asyncio.create_task(self._connection(todo)) for _ in range(count - 1)]
-            await self._frontier(tasks)
-            await asyncio.gather(*tasks)
+            await self._frontier()
+            await asyncio.gather(*tasks, *self.saves)
         except BaseException:
-            await self._stop(tasks)
+            await self._stop()
             raise
         finally:
             for piece in self.pieces.values():
                 piece.release()
             self.pieces.clear()
 
-    @staticmethod
-    async def _stop(tasks: list[asyncio.Task[None]]) -> None:
-        for task in tasks:
+    def save(self, job: Awaitable[None]) -> None:
+        """Write a whole piece beside the connections (the frontier sees a failure)."""
+        self.saves.append(asyncio.ensure_future(job))
+
+    async def _stop(self) -> None:
+        """Stop the connections; writes of whole pieces finish: what is on disk is kept."""
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, *self.saves, return_exceptions=True)
 
     async def _hash_prefix(self) -> None:
-        """Hash, from memory, the bytes from zero that the stopped connections left with no gap
-        (each piece wrote what it got when it stopped); ``prefix`` says how many."""
+        """Hash, from memory, the bytes from zero that the stopped connections left on disk
+        with no gap; ``prefix`` says how many."""
         self.prefix = 0
         for index, (start, end, _) in enumerate(self.segments):
             piece = self.pieces.get(index)
             if piece is None or start != self.prefix:
                 return
             if self.hasher is not None:
-                await in_thread(self.hasher.update, piece.data())
-            self.prefix += piece.got
-            if piece.got < end - start + 1:
+                await in_thread(self.hasher.update, piece.data(piece.written))
+            self.prefix += piece.written
+            if piece.written < end - start + 1:
                 return
 
     async def _connection(self, todo: collections.deque[int]) -> None:
@@ -789,10 +800,10 @@ class _SegmentedRun:
                 return
             index = todo.popleft()
             start, end, _ = self.segments[index]
-            piece = self.pieces[index] = PieceBuffer(start, end - start + 1)
+            piece = self.pieces[index] = PieceBuffer(start, end - start + 1, self._capacity)
             await self.engine._fetch_piece(self, self.segments[index], piece)
 
-    async def _frontier(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _frontier(self) -> None:
         """Hash the pieces in file order from memory, the current one as its bytes arrive."""
         for index, (start, end, _) in enumerate(self.segments):
             length = end - start + 1
@@ -809,6 +820,7 @@ class _SegmentedRun:
                 hashed_all = piece is None or hashed == length or self.hasher is None
                 if self.segments[index][2] >= length and hashed_all:
                     break
+                tasks: list[asyncio.Future[Any]] = [*self.tasks, *self.saves]
                 failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
                 if failed:
                     raise failed[0].exception()  # type: ignore[misc]
@@ -864,14 +876,41 @@ class RateLimiter:
 
 def split_segments(size: int, count: int, saved: list[list[int]] | None) -> list[list[int]]:
     """Pieces ``[start, end, done]`` covering ``size`` bytes for ``count`` connections: about
-    eight per connection, 4 MiB at least, small enough that ``count + 2`` of them fit in
+    eight per connection, 4 MiB at least, small enough that ``count + 1`` of them fit in
     SEGMENT_MEMORY, and never fewer than ``count``. An earlier run's progress is kept (a
-    single-stream prefix marks the leading pieces done; larger pieces are cut again)."""
+    single-stream prefix marks the leading pieces done; larger pieces are cut again).
+
+    Connections take pieces in file order, and the hash takes them in file order from memory.
+    Equal connections given equal pieces would finish a round of pieces all at once: the hash
+    then has a round to catch up on while the memory window holds the connections back. So the
+    first ``count`` pieces grow from 1/count of a piece to a whole one (the connections end up
+    1/count of a piece apart, and stay so), and the last ``count`` shrink the same way (all
+    connections finish together). Files too small for that get whole rounds of equal pieces.
+    """
     cap = max(SEGMENT_BLOCK, SEGMENT_MEMORY // (count + 1) // ALIGN * ALIGN)  # whole blocks
     if saved and all(len(seg) == 3 for seg in saved) and len(saved) > 1:
         return [piece for seg in saved for piece in _cut(seg, cap)]
     step = min(max(-(-size // (count * PIECES_PER_CONNECTION)), MIN_PIECE), cap, -(-size // count))
-    segments = [[start, min(size, start + step) - 1, 0] for start in range(0, size, step)]
+    pieces = -(-size // step)
+    if count > 1 and pieces > count:
+        # The two ramps hold count + 1 whole pieces between them, in steps of 1/count.
+        ramp = list(range(1, count + 1))
+        units = [*ramp, *[count] * (pieces - count - 1), *reversed(ramp)]
+    else:
+        # Whole rounds: no last round where a few connections fetch odd pieces, the rest idle.
+        rounds = -(-pieces // count)
+        units = [1] * (rounds * count)
+    total = sum(units)
+    edges, done = [0], 0
+    for unit in units[:-1]:
+        done += unit
+        edge = size * done // total
+        if size // len(units) >= 1024 * 1024:
+            edge = edge // ALIGN * ALIGN  # whole blocks: pieces can go to disk with O_DIRECT
+        if edges[-1] < edge < size:
+            edges.append(edge)
+    edges.append(size)
+    segments = [[first, after - 1, 0] for first, after in itertools.pairwise(edges)]
     prefix = saved[0][2] if saved else 0
     for seg in segments:
         seg[2] = max(0, min(seg[1] - seg[0] + 1, prefix - seg[0]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import signal
@@ -32,18 +33,60 @@ def read_ranges(served: Served) -> list[str | None]:
 
 def test_split_and_prefix() -> None:
     segments = split_segments(10, 3, None)
-    assert segments == [[0, 3, 0], [4, 7, 0], [8, 9, 0]]
-    assert split_segments(10, 3, [[0, 9, 5]]) == [[0, 3, 4], [4, 7, 1], [8, 9, 0]]
-    # Pieces are kept small enough for memory (4 connections: 8 MiB); a saved larger piece is
-    # cut again, its done bytes staying a prefix.
+    assert segments == [[0, 2, 0], [3, 5, 0], [6, 9, 0]]
+    assert split_segments(10, 3, [[0, 9, 5]]) == [[0, 2, 3], [3, 5, 2], [6, 9, 0]]
+    # Pieces are kept small enough for memory (4 connections: 8 MiB), with a ramp of 2, 4 and
+    # 6 MiB pieces at each end; a saved larger piece is cut again, its done bytes a prefix.
     mib = 1024 * 1024
     big = split_segments(1024 * mib, 4, None)
-    assert len(big) == 128 and all(end - start + 1 == 8 * mib for start, end, _ in big)
+    lengths = [(end - start + 1) // mib for start, end, _ in big]
+    assert lengths == [2, 4, 6, 8, *[8] * 123, 8, 6, 4, 2]
     saved = [[0, 100 * mib - 1, 30 * mib], [100 * mib, 200 * mib - 1, 0]]
     cut = split_segments(200 * mib, 4, saved)
     assert cut[0] == [0, 8 * mib - 1, 8 * mib] and cut[3] == [24 * mib, 32 * mib - 1, 6 * mib]
     assert sum(seg[2] for seg in cut) == 30 * mib and cut[-1][1] == 200 * mib - 1
     assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(cut))
+
+
+def finish_times(pieces: list[list[int]], count: int) -> list[tuple[float, int]]:
+    """When each piece ends if ``count`` equal connections take them in file order."""
+    free = [(0.0, conn) for conn in range(count)]
+    ends = []
+    for start, end, _ in pieces:
+        at, conn = heapq.heappop(free)
+        heapq.heappush(free, (at + end - start + 1, conn))
+        ends.append((at + end - start + 1, conn))
+    return ends
+
+
+@pytest.mark.parametrize(
+    ("size", "count"),
+    [
+        (256 << 20, 8),
+        (1 << 30, 8),
+        ((3 << 30) + 7, 8),
+        (100 << 20, 8),
+        (70 << 20, 16),
+        (64 << 20, 4),
+    ],
+)
+def test_equal_connections_spread_and_finish_together(size: int, count: int) -> None:
+    pieces = split_segments(size, count, None)
+    assert pieces[0][0] == 0 and pieces[-1][1] == size - 1
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(pieces))
+    lengths = [end - start + 1 for start, end, _ in pieces]
+    assert all(length % 4096 == 0 for length in lengths[:-1])  # whole blocks: O_DIRECT
+    assert max(lengths) <= max(transfer.SEGMENT_BLOCK, transfer.SEGMENT_MEMORY // (count + 1))
+    ends = finish_times(pieces, count)
+    # Every connection is busy to the end: all finish within a few blocks of each other...
+    last = [max(at for at, conn in ends if conn == c) for c in range(count)]
+    assert max(last) - min(last) <= max(lengths) // 64
+    # ...and, until the last ramp, pieces end a 1/count of a piece apart, in file order, so the
+    # in-order hash keeps up instead of meeting a whole round of pieces at once.
+    middle = sorted(at for at, _ in ends[: len(ends) - count])
+    assert middle == [at for at, _ in ends[: len(ends) - count]]
+    gap = max(lengths) / count / 2
+    assert all(b - a >= gap for a, b in itertools.pairwise(middle))
 
 
 def test_large_file_uses_ranged_segments(served: Served, tmp_path: Path) -> None:
@@ -53,10 +96,10 @@ def test_large_file_uses_ranged_segments(served: Served, tmp_path: Path) -> None
     assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, SIZE)
     assert sorted(read_ranges(served)) == sorted(
         [
-            "bytes=0-1500000",
-            "bytes=1500001-3000001",
-            "bytes=3000002-4500002",
-            "bytes=4500003-6000000",
+            "bytes=0-1499135",
+            "bytes=1499136-2998271",
+            "bytes=2998272-4497407",
+            "bytes=4497408-6000000",
         ]
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
