@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import (  # type: ignore[attr-defined]
@@ -67,6 +68,46 @@ def _import_aiohttp_without_ca_store() -> None:
 
 
 _import_aiohttp_without_ca_store()
+
+
+class CaOnFirstUseContext(ssl.SSLContext):
+    """A verifying client context (certificate and host name required) that loads its CA
+    certificates at its first TLS handshake: ``cafile`` if set, else the system store
+    (SSL_CERT_FILE/SSL_CERT_DIR honoured). A run that makes no TLS connection (a plain-http
+    mirror, the bundled emulator) then never parses them: about 20 ms here."""
+
+    cafile: str | None = None
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            if self.cafile is not None:
+                self.load_verify_locations(cafile=self.cafile)
+            else:
+                self.load_default_certs(ssl.Purpose.SERVER_AUTH)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load()
+        return super().wrap_bio(*args, **kwargs)
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load()
+        return super().wrap_socket(*args, **kwargs)
+
+
+def check_ca_bundle(path: Path) -> None:
+    """A CA bundle must be a readable PEM file with a certificate (its certificates are parsed
+    at the first handshake): else one clear line now rather than a TLS error later."""
+    from fastio_dl.errors import UsageError
+
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read CA bundle {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in text:
+        raise UsageError(f"CA bundle {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+
 
 import aiohttp  # noqa: E402  (after the shim above)
 
@@ -331,13 +372,10 @@ class FastioClient:
     async def open(cls, settings: Settings, *, max_connections: int) -> AsyncIterator[FastioClient]:
         # Always a context of our own (never aiohttp's defaults, see above): verified, with the
         # system store (SSL_CERT_FILE/SSL_CERT_DIR honoured) or the --ca-bundle given.
-        cafile = str(settings.ca_bundle) if settings.ca_bundle is not None else None
-        try:
-            ssl_context = ssl.create_default_context(cafile=cafile)
-        except (OSError, ssl.SSLError) as exc:
-            from fastio_dl.errors import UsageError
-
-            raise UsageError(f"cannot load CA bundle {settings.ca_bundle}: {exc}") from exc
+        ssl_context = CaOnFirstUseContext(ssl.PROTOCOL_TLS_CLIENT)
+        if settings.ca_bundle is not None:
+            check_ca_bundle(settings.ca_bundle)
+            ssl_context.cafile = str(settings.ca_bundle)
         connector = aiohttp.TCPConnector(
             limit=max_connections, limit_per_host=0, ssl=ssl_context, ttl_dns_cache=300
         )

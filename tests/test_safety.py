@@ -415,3 +415,40 @@ def test_aiohttp_defaults_trust_nothing_and_later_contexts_load_the_store() -> N
     aiohttp_default, ours = shimmed.stdout.split()
     assert aiohttp_default == "0"  # should aiohttp's default ever be used, it fails closed
     assert ours == fresh.stdout.strip()  # our own contexts load the store as usual
+
+
+def test_ca_certificates_load_at_the_first_handshake_not_before(tmp_path: Path) -> None:
+    from fastio_dl.client import CaOnFirstUseContext
+
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    lazy = CaOnFirstUseContext(ssl.PROTOCOL_TLS_CLIENT)
+    assert lazy.verify_mode == ssl.CERT_REQUIRED and lazy.check_hostname
+    assert lazy.cert_store_stats()["x509_ca"] == 0  # a plain-http run never pays for it
+    lazy.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="example.invalid")
+    assert lazy.cert_store_stats()["x509_ca"] == system > 0
+    # A CA bundle given is all it trusts, as with ssl.create_default_context(cafile=...).
+    trustme = pytest.importorskip("trustme")
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    own = CaOnFirstUseContext(ssl.PROTOCOL_TLS_CLIENT)
+    own.cafile = str(bundle)
+    assert own.cert_store_stats()["x509_ca"] == 0
+    own.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="example.invalid")
+    assert own.cert_store_stats()["x509_ca"] == 1
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not a certificate\n"])
+def test_a_bad_ca_bundle_is_one_line_before_any_transfer(
+    served: Served, tmp_path: Path, content: bytes | None
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    if content is not None:
+        bundle.write_bytes(content)
+    result = served.cli(
+        "get", f"ws:{served.ws}/root", "-d", str(tmp_path / "out"), "--ca-bundle", str(bundle)
+    )
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CA bundle" in lines[0] and str(bundle) in lines[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert served.stat("read_bytes") == 0
