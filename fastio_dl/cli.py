@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -863,7 +864,30 @@ def demo(
 
 
 def entrypoint() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        _leave_now(exc.code)
+        raise
+
+
+def _leave_now(code: object) -> None:
+    """End the process at once when the command is over and nothing else runs.
+
+    The interpreter's own teardown (freeing every module and object) took about 20 ms of every
+    run (tests.benchmarks B3), and there is nothing left for it to do: the command has closed
+    every file it wrote and the engine's threads are gone; the standard streams are flushed
+    here. Any doubt (another thread alive, a code that is not a number, a flush that fails)
+    leaves the normal way.
+    """
+    if not (code is None or isinstance(code, int)) or threading.active_count() > 1:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
