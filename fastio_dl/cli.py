@@ -18,7 +18,7 @@ import threading
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TextIO, TypeVar, cast
 
 import typer
 
@@ -346,10 +346,12 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
 
 def make_run_reporter(values: dict[str, Any], settings: Settings) -> Reporter:
     secrets = frozenset({settings.token} if settings.token else set())
+    from fastio_dl.reporting.pipe import WatchedStream
+
     reporter = make_reporter(
         values["progress"],
-        stderr=sys.stderr,
-        stdout=sys.stdout,
+        stderr=cast(TextIO, WatchedStream(sys.stderr, _output_closed)),
+        stdout=cast(TextIO, WatchedStream(sys.stdout, _output_closed)),
         json_results=values["json_out"],
         quiet=values["quiet"],
         debug=settings.debug,
@@ -366,6 +368,15 @@ def make_run_reporter(values: dict[str, Any], settings: Settings) -> Reporter:
             ) from None
         reporter = Fanout(reporter, log)
     return reporter
+
+
+_ON_OUTPUT_CLOSED: list[Callable[[], None]] = []  # while run_engine runs: stop it
+
+
+def _output_closed() -> None:
+    """Standard output or error lost its reader (``| head``): stop the run, as SIGPIPE would."""
+    for stop in _ON_OUTPUT_CLOSED:
+        stop()
 
 
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
@@ -404,6 +415,12 @@ def run_engine(
                 received.append(signum)
                 engine.interrupt("interrupted")
 
+            def on_output_closed() -> None:
+                if not received:
+                    received.append(signal.SIGPIPE)
+                    engine.interrupt("output closed")
+
+            _ON_OUTPUT_CLOSED.append(on_output_closed)
             installed = []
             for signum in (signal.SIGINT, signal.SIGTERM):
                 try:
@@ -414,6 +431,7 @@ def run_engine(
             try:
                 return await engine.run(targets)
             finally:
+                _ON_OUTPUT_CLOSED.remove(on_output_closed)
                 for signum in installed:
                     loop.remove_signal_handler(signum)
 

@@ -32,6 +32,7 @@ class ExitCode(IntEnum):
     AUTH = 3
     LOCKED = 4
     INTERRUPTED = 130
+    OUTPUT_CLOSED = 141  # a reader of stdout or stderr went away (128 + SIGPIPE)
     TERMINATED = 143
 
 

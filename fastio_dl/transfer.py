@@ -328,9 +328,9 @@ class Engine:
                 await self.policy.record(item, final)
             except asyncio.CancelledError:
                 if self.outcome.interrupted:
-                    self._fail(
-                        item, final, "interrupted; the partial file is kept for the next run"
-                    )
+                    kept = part_path(final).exists()  # small files are fetched in memory
+                    why = "interrupted; the partial file is kept for the next run"
+                    self._fail(item, final, why if kept else "interrupted")
                 raise
             except AuthError as exc:  # 402: the whole run stops
                 self._fail(item, final, str(exc))

@@ -19,6 +19,7 @@ from aiohttp import ClientSession, web
 from fastio_dl import __version__
 from fastio_dl.cli import app
 from fastio_dl.emulator import DEFAULT_TOKEN, DatasetSpec, SeededBlob
+from fastio_dl.errors import ExitCode
 from fastio_dl.transfer import in_shard
 from tests.conftest import Served, tree_digests
 
@@ -422,3 +423,56 @@ def test_readme_manifest_example_is_a_valid_manifest() -> None:
         "media",
         "shares/partner",
     ]
+
+
+# ----------------------------------------------------------------------------- process exit
+
+
+def test_a_real_process_ends_with_every_line_written_and_its_exit_code(
+    served: Served, tmp_path: Path
+) -> None:
+    """The CLI leaves without the interpreter's teardown: nothing written may be lost."""
+    log = tmp_path / "run.log"
+    ok = subprocess.run(
+        [
+            *served.argv("get", f"ws:{served.ws}/root", "-d", str(tmp_path / "a"), "--json"),
+            "--log-file",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    records = [json.loads(line) for line in ok.stdout.splitlines()]
+    files = len(served.expected())
+    downloaded = [r for r in records if r["event"] == "file" and r["status"] == "downloaded"]
+    assert len(downloaded) == files
+    assert records[-1]["event"] == "summary" and records[-1]["downloaded"] == files
+    summary = f"{files} downloaded, {records[-1]['skipped']} skipped, 0 failed"
+    assert summary in log.read_text().splitlines()[-1]  # the log file's last line, too
+    assert tree_digests(tmp_path / "a") == served.expected()
+    bad = subprocess.run(
+        served.argv("get", "not a ref!", "-d", str(tmp_path / "b")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_reader_that_goes_away_stops_the_run_like_sigpipe(make_served, tmp_path: Path) -> None:
+    """``fastio-dl get ... --json | head -c 10``: once stdout is a broken pipe the run stops
+    (exit 141, as tools killed by SIGPIPE report), quietly, with nothing half-written."""
+    served: Served = make_served(DatasetSpec(files=600, depth=1, fanout=4, max_size=4096))
+    dest = tmp_path / "out"
+    argv = served.argv("get", f"ws:{served.ws}/root", "-d", str(dest), "--json", "-j", "2")
+    script = " ".join(argv) + ' | head -c 10; echo " ${PIPESTATUS[0]}"'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    shown, code = done.stdout.rsplit(" ", 1)
+    assert len(shown) == 10 and int(code) == ExitCode.OUTPUT_CLOSED == 141, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    expected = served.expected()
+    present = tree_digests(dest)
+    assert len(present) < len(expected)  # it stopped instead of running on with nobody reading
+    assert all(expected[path] == digest for path, digest in present.items())
