@@ -119,6 +119,36 @@ def hash_file(path: Path, algo: str, limit: int | None = None) -> tuple[Any, int
     return hasher, done
 
 
+class EmptyAtStart:
+    """Which destination directories held nothing when this run first looked into them.
+
+    A file planned into such a directory cannot be there already: whatever this run writes
+    there it has reserved and decided on first, and the first look came before any of it.
+    So deciding needs no stat of the file. A stat on the event loop of a directory in which
+    worker threads are creating files waits behind them: 13% of the main thread in B1.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[Path, bool] = {}
+
+    async def holds_nothing(self, directory: Path) -> bool:
+        if directory not in self._known:
+            empty = await asyncio.to_thread(_holds_nothing, directory)
+            # The first answer stands: it was read before this run created anything there.
+            self._known.setdefault(directory, empty)
+        return self._known[directory]
+
+
+def _holds_nothing(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is None
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # not a directory, or not readable: look at each file as before
+
+
 async def matches_local(path: Path, size: int, algo: str | None, digest: str | None) -> bool:
     """True when ``path`` holds exactly the remote bytes (same size and hash)."""
     try:
@@ -212,16 +242,15 @@ def _open_nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
 
 
-def write_atomic(final: Path, data: bytes, *, fsync: bool = True) -> None:
+def write_atomic(final: Path, data: bytes) -> None:
     """Write verified bytes to ``NAME.part``, fsync, rename over ``NAME`` (one thread hop)."""
     part = part_path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(part, "wb", opener=_open_nofollow) as handle:
             handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(part, final)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -245,7 +274,6 @@ class MemoryPart:
         self._digest: tuple[int, str | None] | None = None  # (length hashed, digest)
         self._done = False  # verified and written
         self._warning: str | None = None
-        self.fsync = not os.environ.get("XNOFSYNC")
 
     @property
     def offset(self) -> int:
@@ -278,7 +306,7 @@ class MemoryPart:
 
     def _verify_and_write(self) -> str | None:
         warning = _verify(self.offset, self.meta, self._cached_digest)
-        write_atomic(self.final, bytes(self.buffer), fsync=self.fsync)
+        write_atomic(self.final, bytes(self.buffer))
         return warning
 
     def _cached_digest(self) -> str | None:

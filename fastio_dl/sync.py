@@ -18,7 +18,7 @@ from fastio_dl.errors import LockedError, human_bytes
 from fastio_dl.events import FileFinished
 from fastio_dl.planner import PlanItem, Target
 from fastio_dl.state import Record, State, local_matches_record
-from fastio_dl.storage import matches_local
+from fastio_dl.storage import EmptyAtStart, matches_local
 from fastio_dl.transfer import STATE_DIR, Decision, in_shard
 
 LOCK_NAME = "lock"
@@ -36,6 +36,7 @@ class SyncPolicy:
     def __init__(self, state: State, *, dry_run: bool) -> None:
         self.state = state
         self.dry_run = dry_run
+        self.empty = EmptyAtStart()
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
         remote = item.remote
@@ -48,6 +49,8 @@ class SyncPolicy:
             and local_matches_record(final, record)
         ):
             return Decision(skip_reason="up to date")
+        if await self.empty.holds_nothing(final.parent):
+            return Decision()
         if final.exists():  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
             if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
                 if self.dry_run:

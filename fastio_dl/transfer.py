@@ -51,6 +51,7 @@ from fastio_dl.events import (
 from fastio_dl.planner import PlanEntry, PlanFailure, PlanItem, Planner, PlanSkip, Target
 from fastio_dl.storage import (
     DiskSpace,
+    EmptyAtStart,
     MemoryPart,
     PartFile,
     PartMeta,
@@ -97,8 +98,11 @@ class GetPolicy:
 
     def __init__(self, no_clobber: bool) -> None:
         self.no_clobber = no_clobber
+        self.empty = EmptyAtStart()
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
+        if await self.empty.holds_nothing(final.parent):
+            return Decision()
         if not final.exists():  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
             return Decision()
         remote = item.remote

@@ -63,3 +63,20 @@ def test_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match="outside the destination"):
         ensure_inside(dest, dest / "link" / "file.bin")
     assert ensure_inside(dest, dest / "sub" / "file.bin") == dest / "sub" / "file.bin"
+
+
+async def test_empty_at_start_keeps_its_first_answer(tmp_path: Path) -> None:
+    from fastio_dl.storage import EmptyAtStart
+
+    empty = EmptyAtStart()
+    fresh, busy, missing = tmp_path / "fresh", tmp_path / "busy", tmp_path / "missing"
+    fresh.mkdir()
+    busy.mkdir()
+    (busy / "old.bin").write_bytes(b"x")
+    assert await empty.holds_nothing(fresh)
+    assert not await empty.holds_nothing(busy)
+    assert await empty.holds_nothing(missing)
+    assert not await empty.holds_nothing(busy / "old.bin")  # not a directory: stat each file
+    # What this run writes afterwards does not change the answer: it decided on those files.
+    (fresh / "new.bin").write_bytes(b"y")
+    assert await empty.holds_nothing(fresh)

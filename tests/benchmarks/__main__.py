@@ -9,7 +9,8 @@ shows medians and ratios (fastio-dl time / peer time: below 1.0 means fastio-dl 
 
     B1  2,000 files of 64 KiB, 20 ms latency per request, concurrency 16 for every tool
     B2  one 1 GiB file, no added latency, against single-stream curl (+ sha256sum CPU)
-    B3  one large file behind a per-connection bandwidth cap: N connections vs aria2c -x N -s N
+    B3  one large file behind a per-connection bandwidth cap: N connections vs aria2c -x N -s N;
+        1 GiB like B2's file, then 256 MiB, where fastio-dl's fixed start-up weighs 4x as much
     B4  no-op sync of 10,000 up-to-date files: seconds and API calls
     B5  a manifest of 100,000 references, --dry-run: seconds and peak memory
 """
@@ -342,7 +343,7 @@ def main() -> int:
     parser.add_argument("--only", default="B1,B2,B3,B4,B5")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--b2-size", default="1G")
-    parser.add_argument("--b3-size", default="256M")
+    parser.add_argument("--b3-size", default="1G,256M", help="one size or several, comma-separated")
     parser.add_argument("--b3-cap", default="16M")
     parser.add_argument("--b3-connections", type=int, default=8)
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
@@ -356,7 +357,11 @@ def main() -> int:
         steps = {
             "B1": lambda: b1(tmp, args.rounds),
             "B2": lambda: b2(tmp, args.rounds, args.b2_size),
-            "B3": lambda: b3(tmp, args.rounds, args.b3_size, args.b3_cap, args.b3_connections),
+            "B3": lambda: [
+                r
+                for size in args.b3_size.split(",")
+                for r in b3(tmp, args.rounds, size.strip(), args.b3_cap, args.b3_connections)
+            ],
             "B4": lambda: b4(tmp, args.rounds),
             "B5": lambda: b5(tmp),
         }
