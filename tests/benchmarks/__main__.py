@@ -327,7 +327,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             for k, v in r.items()
             if k not in ("bench", "tool", "wall_s", "cpu_s", "peak_mb", "ratio")
         )
-        ratio = "" if r.get("ratio") in (None, 1.0) else f"{r['ratio']:.2f}"
+        ratio = "" if r.get("ratio") is None or r["tool"] == "fastio-dl" else f"{r['ratio']:.2f}"
         lines.append(
             f"| {r['bench']} | {r['tool']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
             f"| {r['peak_mb']:.0f} "
