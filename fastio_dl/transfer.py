@@ -880,9 +880,10 @@ class RateLimiter:
 
 def split_segments(size: int, count: int, saved: list[list[int]] | None) -> list[list[int]]:
     """Pieces ``[start, end, done]`` covering ``size`` bytes for ``count`` connections: about
-    eight per connection, 4 MiB at least, small enough that ``count + 1`` of them fit in
-    SEGMENT_MEMORY, and never fewer than ``count``. An earlier run's progress is kept (a
-    single-stream prefix marks the leading pieces done; larger pieces are cut again).
+    eight per connection, 4 MiB at least (the ramps below excepted), small enough that
+    ``count + 1`` of them fit in SEGMENT_MEMORY where 4 MiB allows, never fewer than
+    ``count``. An earlier run's progress is kept (a single-stream prefix marks the leading
+    pieces done; larger pieces are cut again).
 
     Connections take pieces in file order, and the hash takes them in file order from memory.
     Equal connections given equal pieces would finish a round of pieces all at once: the hash
