@@ -80,3 +80,69 @@ async def test_empty_at_start_keeps_its_first_answer(tmp_path: Path) -> None:
     # What this run writes afterwards does not change the answer: it decided on those files.
     (fresh / "new.bin").write_bytes(b"y")
     assert await empty.holds_nothing(fresh)
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_write_atomic_names_only_whole_files_and_never_follows_links(
+    tmp_path: Path, monkeypatch, unnamed: bool
+) -> None:
+    from fastio_dl import storage
+
+    if unnamed and not storage._unnamed_files:
+        pytest.fail("this Linux has O_TMPFILE and /proc: unnamed files should be in use")
+    monkeypatch.setattr(storage, "_unnamed_files", unnamed)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep me")
+    storage.write_atomic(dest / "new.bin", b"fresh")  # a new name
+    storage.write_atomic(dest / "sub" / "deep.bin", b"deep")  # a directory still to make
+    (dest / "old.bin").write_bytes(b"old bytes")
+    storage.write_atomic(dest / "old.bin", b"replaced")  # an existing name
+    (dest / "link.bin").symlink_to(outside)
+    storage.write_atomic(dest / "link.bin", b"not through the link")
+    (dest / "trap.bin").write_bytes(b"exists")
+    (dest / "trap.bin.part").symlink_to(outside)
+    try:  # a link planted at NAME.part: refused, or removed and replaced, never followed
+        storage.write_atomic(dest / "trap.bin", b"replaced again")
+    except storage.WriteError:
+        assert not unnamed and (dest / "trap.bin").read_bytes() == b"exists"
+    else:
+        assert (dest / "trap.bin").read_bytes() == b"replaced again"
+    assert outside.read_bytes() == b"keep me"
+    assert (dest / "new.bin").read_bytes() == b"fresh"
+    assert (dest / "sub" / "deep.bin").read_bytes() == b"deep"
+    assert (dest / "old.bin").read_bytes() == b"replaced"
+    assert not (dest / "link.bin").is_symlink()
+    assert (dest / "link.bin").read_bytes() == b"not through the link"
+    names = _tree(dest)
+    assert not [n for n in names if n.endswith(".part") and n != "trap.bin.part"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (dest / "new.bin").stat().st_mode & 0o777 == 0o644 & ~umask
+
+
+def test_write_atomic_falls_back_where_unnamed_files_do_not_work(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import errno
+
+    from fastio_dl import storage
+
+    real_open = os.open
+
+    def no_tmpfile(path, flags, *args, **kwargs):
+        if storage._O_TMPFILE and flags & storage._O_TMPFILE == storage._O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "_unnamed_files", True)
+    monkeypatch.setattr(storage.os, "open", no_tmpfile)
+    storage.write_atomic(tmp_path / "a.bin", b"data")
+    assert (tmp_path / "a.bin").read_bytes() == b"data"
+    assert storage._unnamed_files is False  # decided once for the run
+    assert _tree(tmp_path) == ["a.bin"]
