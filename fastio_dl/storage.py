@@ -244,8 +244,6 @@ def _open_nofollow(path: str, flags: int) -> int:
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _unnamed_files = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
-# What says unnamed files (or linking one in through /proc) do not work here: use .part files.
-_NO_UNNAMED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.EXDEV}
 
 
 def write_atomic(final: Path, data: bytes) -> None:
@@ -262,10 +260,11 @@ def write_atomic(final: Path, data: bytes) -> None:
         try:
             if _write_unnamed(final, data):
                 return
-        except OSError as exc:
-            if exc.errno not in _NO_UNNAMED:
-                raise _write_error(final, exc) from exc
-            _unnamed_files = False  # not on this system: .part files from now on
+        except OSError:
+            # Unnamed files, or linking one in through /proc, do not work here (no support in
+            # the file system, a sandboxed /proc): .part files from now on. A real disk
+            # error (full, read-only) comes again just below and is reported from there.
+            _unnamed_files = False
     part = part_path(final)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     try:

@@ -126,22 +126,33 @@ def test_write_atomic_names_only_whole_files_and_never_follows_links(
     assert (dest / "new.bin").stat().st_mode & 0o777 == 0o644 & ~umask
 
 
+@pytest.mark.parametrize("fails", ["open", "link"])
 def test_write_atomic_falls_back_where_unnamed_files_do_not_work(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, fails: str
 ) -> None:
     import errno
 
     from fastio_dl import storage
 
-    real_open = os.open
+    real_open, real_link = os.open, os.link
 
     def no_tmpfile(path, flags, *args, **kwargs):
-        if storage._O_TMPFILE and flags & storage._O_TMPFILE == storage._O_TMPFILE:
+        if (
+            fails == "open"
+            and storage._O_TMPFILE
+            and flags & storage._O_TMPFILE == storage._O_TMPFILE
+        ):
             raise OSError(errno.EOPNOTSUPP, "Operation not supported")
         return real_open(path, flags, *args, **kwargs)
 
+    def no_proc_link(source, target, *args, **kwargs):
+        if fails == "link" and str(source).startswith("/proc/self/fd/"):
+            raise OSError(errno.ENOENT, "No such file or directory")  # a sandboxed /proc
+        return real_link(source, target, *args, **kwargs)
+
     monkeypatch.setattr(storage, "_unnamed_files", True)
     monkeypatch.setattr(storage.os, "open", no_tmpfile)
+    monkeypatch.setattr(storage.os, "link", no_proc_link)
     storage.write_atomic(tmp_path / "a.bin", b"data")
     assert (tmp_path / "a.bin").read_bytes() == b"data"
     assert storage._unnamed_files is False  # decided once for the run
