@@ -138,6 +138,12 @@ class EmptyAtStart:
             self._known.setdefault(directory, empty)
         return self._known[directory]
 
+    async def exists(self, path: Path) -> bool:
+        """Whether a planned file is there already: no stat when its directory held nothing."""
+        if await self.holds_nothing(path.parent):
+            return False
+        return path.exists()  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
+
 
 def _holds_nothing(directory: Path) -> bool:
     try:

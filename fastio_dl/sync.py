@@ -36,7 +36,7 @@ class SyncPolicy:
     def __init__(self, state: State, *, dry_run: bool) -> None:
         self.state = state
         self.dry_run = dry_run
-        self.empty = EmptyAtStart()
+        self.local = EmptyAtStart()  # what was on disk before this run
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
         remote = item.remote
@@ -49,9 +49,7 @@ class SyncPolicy:
             and local_matches_record(final, record)
         ):
             return Decision(skip_reason="up to date")
-        if await self.empty.holds_nothing(final.parent):
-            return Decision()
-        if final.exists():  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
+        if await self.local.exists(final):
             if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
                 if self.dry_run:
                     return Decision(skip_reason="dry run: would adopt (identical local file)")

@@ -98,12 +98,10 @@ class GetPolicy:
 
     def __init__(self, no_clobber: bool) -> None:
         self.no_clobber = no_clobber
-        self.empty = EmptyAtStart()
+        self.local = EmptyAtStart()  # what was on disk before this run
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
-        if await self.empty.holds_nothing(final.parent):
-            return Decision()
-        if not final.exists():  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
+        if not await self.local.exists(final):
             return Decision()
         remote = item.remote
         if await matches_local(final, remote.size, remote.hash_algo, remote.hash):

@@ -77,9 +77,12 @@ async def test_empty_at_start_keeps_its_first_answer(tmp_path: Path) -> None:
     assert not await empty.holds_nothing(busy)
     assert await empty.holds_nothing(missing)
     assert not await empty.holds_nothing(busy / "old.bin")  # not a directory: stat each file
+    assert await empty.exists(busy / "old.bin") and not await empty.exists(busy / "other.bin")
+    assert not await empty.exists(missing / "a.bin")
     # What this run writes afterwards does not change the answer: it decided on those files.
     (fresh / "new.bin").write_bytes(b"y")
     assert await empty.holds_nothing(fresh)
+    assert not await empty.exists(fresh / "new.bin")
 
 
 def _tree(path: Path) -> list[str]:
