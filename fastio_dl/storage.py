@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import unicodedata
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NewType
@@ -383,7 +383,7 @@ class MemoryPart:
             self._digest = (len(self.buffer), _digest(self.meta.hash_algo, self.buffer))
         return self._digest[1]
 
-    async def commit(self, *, fsync: bool = True) -> None:
+    async def commit(self) -> None:
         await self.verify()  # verify() writes; a no-op when it already ran
 
     async def discard(self) -> None:
@@ -528,11 +528,11 @@ class PartFile:
             self.offset, self.meta, lambda: None if hasher is None else hasher.hexdigest()
         )
 
-    async def commit(self, *, fsync: bool = True) -> None:
+    async def commit(self) -> None:
         """fsync, then atomically rename over the final name and drop the sidecar."""
         try:
             await self.settle()
-            if fsync and self._fd is not None:
+            if self._fd is not None:
                 await asyncio.to_thread(os.fsync, self._fd)
             await self.close()
             await asyncio.to_thread(os.replace, self.path, self.final)
@@ -614,32 +614,33 @@ class PartFile:
         """Load the first ``count`` bytes of a piece that an earlier run left on disk."""
 
         def read() -> None:
-            with open(self.path, "rb", buffering=0) as handle:
-                handle.seek(piece.start)
-                while piece.got < count:
-                    block = handle.read(min(HASH_BLOCK, count - piece.got))
-                    if not block:
-                        raise IntegrityError(f"{self.path.name} is shorter than expected")
-                    piece.put(block)
+            for block in self._blocks(piece.start, piece.start + count, HASH_BLOCK):
+                piece.put(block)
             piece.written = piece.got
 
         await in_thread(read)
 
     def hash_range(self, hasher: Any, start: int, end: int) -> None:
         """Feed bytes ``[start, end)`` of the part file to ``hasher``: pieces that an earlier
-        run finished, read back from disk."""
+        run finished, read back from disk (and not kept in the user's cache: read once)."""
+        for block in self._blocks(start, end, HASH_BLOCK * 4, drop_cache=True):
+            hasher.update(block)
+
+    def _blocks(
+        self, start: int, end: int, size: int, *, drop_cache: bool = False
+    ) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of the part file, ``size`` at a time (in a worker thread)."""
         with open(self.path, "rb", buffering=0) as handle:
             handle.seek(start)
-            first = start
-            while start < end:
-                block = handle.read(min(HASH_BLOCK * 4, end - start))
+            at = start
+            while at < end:
+                block = handle.read(min(size, end - at))
                 if not block:
                     raise IntegrityError(f"{self.path.name} is shorter than expected")
-                hasher.update(block)
-                start += len(block)
-            if FADV_DONTNEED is not None:
-                # Read once for the hash: no reason to keep these pages in the user's cache.
-                os.posix_fadvise(handle.fileno(), first, end - first, FADV_DONTNEED)
+                yield block
+                at += len(block)
+            if drop_cache and FADV_DONTNEED is not None:
+                os.posix_fadvise(handle.fileno(), start, end - start, FADV_DONTNEED)
 
     def set_result(self, size: int, hasher: Any) -> None:
         """Record what a segmented download verified, for verify() and commit()."""
