@@ -40,6 +40,7 @@ from fastio_dl.errors import (
     PaymentRequiredError,
     ShortReadError,
     TransferError,
+    UsageError,
     missing_token_error,
     redact,
     register_secret,
@@ -99,8 +100,6 @@ class CaOnFirstUseContext(ssl.SSLContext):
 def check_ca_bundle(path: Path) -> None:
     """A CA bundle must be a readable PEM file with a certificate (its certificates are parsed
     at the first handshake): else one clear line now rather than a TLS error later."""
-    from fastio_dl.errors import UsageError
-
     try:
         text = path.read_bytes()
     except OSError as exc:
