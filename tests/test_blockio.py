@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,26 @@ def chunks_of(data: bytes, seed: int) -> list[bytes]:
         out.append(data[pos : pos + size])
         pos += size
     return out
+
+
+def record_pwrites(
+    monkeypatch: pytest.MonkeyPatch,
+    fail: Callable[[int, int], OSError | None] = lambda fd, count: None,
+) -> list[tuple[int, int, int]]:
+    """Every ``os.pwrite`` blockio makes, as (fd, offset, length); ``fail(fd, calls so far)``
+    may turn one into an error (that call is recorded too)."""
+    real = os.pwrite
+    calls: list[tuple[int, int, int]] = []
+
+    def pwrite(fd: int, data: memoryview, offset: int) -> int:
+        calls.append((fd, offset, len(data)))
+        error = fail(fd, len(calls))
+        if error is not None:
+            raise error
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(blockio.os, "pwrite", pwrite)
+    return calls
 
 
 async def stream_into(path: Path, start: int, chunks: list[bytes], direct: bool) -> DirectFile:
@@ -69,14 +90,7 @@ def test_whole_blocks_go_direct_where_the_file_system_allows(
     if fd is None:
         pytest.skip("this file system refuses O_DIRECT (the ordinary path is tested above)")
     os.close(fd)
-    real = os.pwrite
-    writes: list[tuple[int, int, int]] = []  # (fd, offset, length)
-
-    def pwrite(fd: int, data: memoryview, offset: int) -> int:
-        writes.append((fd, offset, len(data)))
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(blockio.os, "pwrite", pwrite)
+    writes = record_pwrites(monkeypatch)
     path = tmp_path / "f.part"
     path.write_bytes(b"")
     data = random.Random(1).randbytes(9_000_001)
@@ -94,20 +108,15 @@ def test_a_refused_direct_write_falls_back_to_the_ordinary_descriptor(
 ) -> None:
     path = tmp_path / "f.part"
     path.write_bytes(b"")
-    real = os.pwrite
-    refused: list[int] = []
-
-    def pwrite(fd: int, data: object, offset: int) -> int:
-        if fd == file.direct_fd:
-            refused.append(fd)
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(fd, data, offset)  # type: ignore[arg-type]
-
     fd = os.open(path, os.O_WRONLY)
     file = DirectFile(fd, str(path))
     if file.direct_fd is None:
         file.direct_fd = os.open(path, os.O_WRONLY)  # stands in for the direct descriptor
-    monkeypatch.setattr(blockio.os, "pwrite", pwrite)
+    direct = file.direct_fd
+    calls = record_pwrites(
+        monkeypatch,
+        lambda fd, _: OSError(errno.EINVAL, "Invalid argument") if fd == file.direct_fd else None,
+    )
     data = random.Random(2).randbytes(6_000_000)
 
     async def go() -> None:
@@ -118,6 +127,7 @@ def test_a_refused_direct_write_falls_back_to_the_ordinary_descriptor(
 
     asyncio.run(go())
     os.close(fd)
+    refused = [call for call in calls if call[0] == direct]
     assert refused and file.direct_fd is None
     assert path.read_bytes() == data
 
@@ -127,16 +137,10 @@ def test_after_a_failed_write_no_later_write_runs(
 ) -> None:
     path = tmp_path / "f.part"
     path.write_bytes(b"")
-    real = os.pwrite
-    calls: list[int] = []
-
-    def pwrite(fd: int, data: object, offset: int) -> int:
-        calls.append(offset)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, data, offset)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(blockio.os, "pwrite", pwrite)
+    calls = record_pwrites(
+        monkeypatch,
+        lambda fd, count: OSError(errno.ENOSPC, "No space left on device") if count == 2 else None,
+    )
     fd = os.open(path, os.O_WRONLY)
     file = DirectFile(fd, str(path))
     file.close_direct()
