@@ -80,6 +80,7 @@ def row(bench: str, runs: dict[str, list[Run]], ours: str = "fastio-dl") -> list
                 "cpu_s": round(median(items, "cpu"), 3),
                 "peak_mb": round(median(items, "peak_mb"), 1),
                 "ratio": round(base / wall, 3) if tool != ours else 1.0,
+                "walls": [round(r.wall, 3) for r in items],
             }
         )
     return out
@@ -325,8 +326,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         notes = ", ".join(
             f"{k}={v}"
             for k, v in r.items()
-            if k not in ("bench", "tool", "wall_s", "cpu_s", "peak_mb", "ratio")
+            if k not in ("bench", "tool", "wall_s", "cpu_s", "peak_mb", "ratio", "walls")
         )
+        if len(r.get("walls", ())) > 1:  # the spread of wall times over the rounds
+            spread = f"runs {min(r['walls']):.2f}-{max(r['walls']):.2f} s"
+            notes = f"{spread}, {notes}" if notes else spread
         ratio = "" if r.get("ratio") is None or r["tool"] == "fastio-dl" else f"{r['ratio']:.2f}"
         lines.append(
             f"| {r['bench']} | {r['tool']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
