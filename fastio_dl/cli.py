@@ -446,7 +446,8 @@ def run_engine(
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where installed: about half the CPU per small file (tests.benchmarks B1)."""
+    """uvloop where installed. Measured with tests.benchmarks: B1's event loop spends about 10%
+    less CPU (0.73 against 0.80 s), B2 takes about 4% less wall time (0.88 against 0.92 s)."""
     if not uvloop_wanted():
         return None
     try:
