@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -196,9 +199,40 @@ def test_the_buffer_pool_keeps_a_bounded_amount() -> None:
     for buffer in taken:
         blockio.give_back(buffer)
     assert blockio._pooled <= blockio._POOL_BYTES
-    again = blockio.take_buffer(5 * 1024 * 1024)  # a pooled size comes back reused
-    assert len(again) == 5 * 1024 * 1024
+    rounded = blockio.take_buffer(5 * 1024 * 1024 + 1)
+    assert len(rounded) == 6 * 1024 * 1024  # whole MiB
+    blockio.give_back(rounded)
+    again = blockio.take_buffer(4 * 1024 * 1024 - 5)  # a pooled size comes back reused
+    assert len(again) == 4 * 1024 * 1024  # 3 MiB + 7 bytes was taken first, as 4 MiB
+    assert any(again is b for b in taken)
     blockio.give_back(again)
+
+
+def _vm_flags(buffer: mmap.mmap) -> list[str]:
+    """The kernel's VmFlags for the mapping that holds ``buffer`` (/proc/self/smaps)."""
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    mapping = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                low, high = (int(x, 16) for x in head.split("-"))
+                mapping = low <= address < high
+            elif head == "VmFlags:" and mapping:
+                return line.split()[1:]
+    raise AssertionError("buffer not found in /proc/self/smaps")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/smaps and THP are Linux's")
+def test_buffers_are_private_memory_advised_to_use_huge_pages() -> None:
+    buffer = blockio._new_buffer(4 * 1024 * 1024)
+    try:
+        flags = _vm_flags(buffer)
+        assert "sh" not in flags  # private: shared memory never gets transparent huge pages
+        if os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+            assert "hg" in flags  # MADV_HUGEPAGE
+    finally:
+        buffer.close()
 
 
 def test_a_write_cancelled_mid_way_leaves_exactly_the_bytes_taken(
