@@ -40,36 +40,38 @@ _GRAIN = 1024 * 1024  # sizes are rounded up to this, so that buffers fit more p
 _MAP_FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
 
 
-def take_buffer(size: int = CAPACITY) -> mmap.mmap:
-    """A page-aligned buffer of at least ``size`` bytes (whole MiB), reused when possible."""
+def take_buffer(size: int = CAPACITY, *, huge: bool = False) -> mmap.mmap:
+    """A page-aligned buffer of at least ``size`` bytes (whole MiB), reused when possible;
+    ``huge``: in 2 MiB pages where the kernel gives them (see _advise_huge)."""
     global _pooled
     size = -(-size // _GRAIN) * _GRAIN
+    buffer = None
     with _POOL_LOCK:
         free = _POOL.get(size)
         if free:
             _pooled -= size
-            return free.pop()
-    return _new_buffer(size)
+            buffer = free.pop()
+    if buffer is None:
+        buffer = mmap.mmap(-1, size, flags=_MAP_FLAGS) if _MAP_FLAGS else mmap.mmap(-1, size)
+    if huge:
+        _advise_huge(buffer)
+    return buffer
 
 
-def _new_buffer(size: int) -> mmap.mmap:
-    """Fresh page-aligned memory, in 2 MiB pages where the kernel gives them on request.
+def _advise_huge(buffer: mmap.mmap) -> None:
+    """Ask for transparent huge pages: Linux backs the aligned 2 MiB stretches of a private
+    mapping advised MADV_HUGEPAGE with them (THP "always" or "madvise", the usual settings).
+    One page fault and one TLB entry per 2 MiB instead of per 4 KiB, while the network and the
+    hash fill and read the buffer again and again.
 
-    Linux backs the aligned 2 MiB stretches of a private mapping advised MADV_HUGEPAGE with
-    transparent huge pages (THP "always" or "madvise", the usual settings): one page fault and
-    one TLB entry per 2 MiB instead of per 4 KiB while the network and the hash fill and read
-    the buffer. Measured with tests.benchmarks B2 (1 GiB, alternating runs), three A/B rounds:
-    2 to 6% less wall time, peak RSS up by 4 to 12 MB (a huge page is resident as a whole).
-    Sizes stay whole MiB, not whole huge pages: B3's nine piece buffers reached 99 MB that way.
+    Only the one-stream ring asks (measured with tests.benchmarks B2, 1 GiB, three A/B rounds
+    of alternating runs: 2 to 6% less wall time). Piece buffers do not: B3 gained nothing, and
+    a huge page is resident as a whole (its nine piece buffers went from 81 to 90 MB).
     """
-    if not _MAP_FLAGS:  # Windows: no flags, no advice
-        return mmap.mmap(-1, size)
-    buffer = mmap.mmap(-1, size, flags=_MAP_FLAGS)
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is not None:
+    if advice is not None and _MAP_FLAGS:
         with contextlib.suppress(OSError):  # a kernel built without THP refuses the advice
             buffer.madvise(advice)
-    return buffer
 
 
 def give_back(buffer: mmap.mmap) -> None:
@@ -161,8 +163,8 @@ class DirectFile:
 class _Held:
     """A pooled buffer and a view of it, until release()."""
 
-    def __init__(self, size: int) -> None:
-        self._buffer: mmap.mmap | None = take_buffer(size)
+    def __init__(self, size: int, *, huge: bool = False) -> None:
+        self._buffer: mmap.mmap | None = take_buffer(size, huge=huge)
         self.view = memoryview(self._buffer)
 
     def release(self) -> None:
@@ -211,7 +213,7 @@ class _Slot(_Held):
     """One buffer of the ring and the jobs still reading it."""
 
     def __init__(self) -> None:
-        super().__init__(CAPACITY)
+        super().__init__(CAPACITY, huge=True)
         self.pending: asyncio.Future[None] | None = None
 
     async def wait(self) -> None:

@@ -208,8 +208,9 @@ def test_the_buffer_pool_keeps_a_bounded_amount() -> None:
     blockio.give_back(again)
 
 
-def _vm_flags(buffer: mmap.mmap) -> list[str]:
+def _vm_flags(buffer: mmap.mmap | None) -> list[str]:
     """The kernel's VmFlags for the mapping that holds ``buffer`` (/proc/self/smaps)."""
+    assert buffer is not None
     address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
     mapping = None
     with open("/proc/self/smaps") as smaps:
@@ -224,15 +225,19 @@ def _vm_flags(buffer: mmap.mmap) -> list[str]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/smaps and THP are Linux's")
-def test_buffers_are_private_memory_advised_to_use_huge_pages() -> None:
-    buffer = blockio._new_buffer(4 * 1024 * 1024)
+def test_the_stream_ring_asks_for_huge_pages_and_pieces_do_not() -> None:
+    slot = blockio._Slot()  # one of StreamWriter's ring buffers
+    piece = PieceBuffer(0, 3 * 1024 * 1024)
     try:
-        flags = _vm_flags(buffer)
-        assert "sh" not in flags  # private: shared memory never gets transparent huge pages
+        slot_flags, piece_flags = _vm_flags(slot._buffer), _vm_flags(piece._buffer)
+        # private memory: shared memory never gets transparent huge pages
+        assert "sh" not in slot_flags and "sh" not in piece_flags
         if os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
-            assert "hg" in flags  # MADV_HUGEPAGE
+            assert "hg" in slot_flags  # MADV_HUGEPAGE
+        assert "hg" not in piece_flags
     finally:
-        buffer.close()
+        slot.release()
+        piece.release()
 
 
 def test_a_write_cancelled_mid_way_leaves_exactly_the_bytes_taken(
