@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -106,3 +108,35 @@ def test_read_with_range_and_tokens(emu) -> None:
     assert call(server.api_base, f"{path}/read/?token=forged", token=None)[0] == 401
     assert call(server.api_base, f"{path}/read/")[0] == 200  # the API token works too
     assert server.emulator.counters["tokens_minted"] == 1
+
+
+def test_a_capped_read_never_runs_ahead_of_its_cap() -> None:
+    """The per-connection cap holds from a request's first byte: no chunk leaves early (a
+    free first chunk would let a client that spreads requests over new connections beat the
+    cap that a client reusing one connection sees)."""
+    emulator, space = build(
+        DatasetSpec(files=1, depth=0, min_size=400_000, max_size=400_000, notes=0, links=0)
+    )
+    (node,) = space.files()
+    rate = 2_000_000  # bytes per second: chunks of 100,000 bytes, 50 ms apart
+    emulator.switches.bandwidth = rate
+    with EmulatorThread(emulator) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        for _ in range(2):  # twice on one connection: the second request is paced on its own
+            began = time.monotonic()
+            connection.request(
+                "GET",
+                f"/current/workspace/{space.id}/storage/{node.id}/read/",
+                headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"},
+            )
+            response = connection.getresponse()
+            assert response.status == 200
+            got = 0
+            while chunk := response.read1(65536):
+                got += len(chunk)
+                allowed = rate * (time.monotonic() - began) + 4096
+                assert got <= allowed, f"{got} bytes after {time.monotonic() - began:.3f} s"
+            assert got == 400_000
+            assert time.monotonic() - began >= 400_000 / rate * 0.95
+            response.close()
+        connection.close()

@@ -108,6 +108,8 @@ class Emulator:
         self.counters: Counter[str] = Counter()
         self.rng = random.Random(self.switches.seed)
         self.requests: list[dict[str, Any]] = []  # (endpoint, headers) of the last requests
+        self._sending = 0  # reads moving bytes now
+        self._read_peers: set[tuple[Any, ...]] = set()  # client addresses that read
         self.app = self._make_app()
 
     # ------------------------------------------------------------------ faults
@@ -136,6 +138,7 @@ class Emulator:
     def reset_counters(self) -> None:
         self.counters.clear()
         self.requests.clear()
+        self._read_peers.clear()
 
     # ------------------------------------------------------------------ app
     def _make_app(self) -> web.Application:
@@ -396,41 +399,61 @@ class Emulator:
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = length + (1000 if long_length else 0)
         await response.prepare(request)
-        sent = 0
-        bandwidth = self.switches.bandwidth
-        chunk = min(BODY_CHUNK, max(4096, bandwidth // 20)) if bandwidth else BODY_CHUNK
-        began = time.monotonic()
-        while sent < length:
-            piece = min(chunk, length - sent)
-            if drop is not None and sent <= drop.after_bytes:
-                piece = min(piece, drop.after_bytes - sent)
-            if stall is not None and sent < stall.after_bytes:
-                piece = min(piece, stall.after_bytes - sent)
-            data = blob.read(start + sent, piece)
-            if wrong is not None and sent <= wrong.after_bytes < sent + len(data):
-                at = wrong.after_bytes - sent
-                data = bytes(data[:at]) + bytes([data[at] ^ 0xFF]) + bytes(data[at + 1 :])
-            try:
-                await response.write(data)
-            except ConnectionError:
-                # The client gave up (a stall it timed out on, an interrupt): not a server error.
-                self.counters["client_gone"] += 1
-                return response
-            sent += len(data)
-            self.counters["read_bytes"] += len(data)
-            if drop is not None and sent >= drop.after_bytes:
+        # Gauges for tests: reads moving bytes at once (from the first chunk out to the end of
+        # the body, at most), and the connections that read.
+        flowing = False
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            self._read_peers.add(tuple(peer))
+            self.counters["read_connections"] = len(self._read_peers)
+        try:
+            sent = 0
+            bandwidth = self.switches.bandwidth
+            chunk = min(BODY_CHUNK, max(4096, bandwidth // 20)) if bandwidth else BODY_CHUNK
+            began = time.monotonic()
+            while sent < length:
+                piece = min(chunk, length - sent)
+                if drop is not None and sent <= drop.after_bytes:
+                    piece = min(piece, drop.after_bytes - sent)
+                if stall is not None and sent < stall.after_bytes:
+                    piece = min(piece, stall.after_bytes - sent)
+                if bandwidth:
+                    # Each chunk leaves when the cap allows all bytes up to its end: no request gets
+                    # bytes ahead of the cap (not its first chunk either), and nothing is left to
+                    # wait for after the last one.
+                    ahead = (sent + piece) / bandwidth - (time.monotonic() - began)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                data = blob.read(start + sent, piece)
+                if wrong is not None and sent <= wrong.after_bytes < sent + len(data):
+                    at = wrong.after_bytes - sent
+                    data = bytes(data[:at]) + bytes([data[at] ^ 0xFF]) + bytes(data[at + 1 :])
+                try:
+                    await response.write(data)
+                    if not flowing:
+                        flowing = True
+                        self._sending += 1
+                        self.counters["reads_sending_max"] = max(
+                            self.counters["reads_sending_max"], self._sending
+                        )
+                except ConnectionError:
+                    # The client gave up (a stall it timed out on, an interrupt): no server error.
+                    self.counters["client_gone"] += 1
+                    return response
+                sent += len(data)
+                self.counters["read_bytes"] += len(data)
+                if drop is not None and sent >= drop.after_bytes:
+                    return _abort(request, response)
+                if stall is not None and sent == stall.after_bytes:
+                    await asyncio.sleep(stall.seconds)
+                    stall = None
+            if long_length:
                 return _abort(request, response)
-            if stall is not None and sent == stall.after_bytes:
-                await asyncio.sleep(stall.seconds)
-                stall = None
-            if bandwidth:
-                ahead = sent / bandwidth - (time.monotonic() - began)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        if long_length:
-            return _abort(request, response)
-        await response.write_eof()
-        return response
+            await response.write_eof()
+            return response
+        finally:
+            if flowing:
+                self._sending -= 1
 
     def _redirect_read(self, request: web.Request) -> web.Response:
         """Answer 307 to another origin, like preview reads that go to a CDN. A bearer read gets
