@@ -71,6 +71,8 @@ SEGMENT_MEMORY = 40 * 1024 * 1024  # pieces held in memory per segmented file, a
 PROBE_SECONDS = 0.015  # how long the first connection runs alone before its speed is judged
 FAST_LINK = 100 * 1024 * 1024  # bytes/s one connection must move to make more pointless
 PROBE_MIN = 256 * 1024 * 1024  # smaller files finish in seconds on such a link either way
+HANDOFF_LATENCY = 0.005  # a piece's request waiting this long (s) is worth asking for early
+BURST = 0.002  # bytes within this long (s) of a response's first ones came at once
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
 Part = MemoryPart | PartFile
 STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
@@ -460,7 +462,8 @@ class Engine:
         The file is cut into pieces that the connections take in file order. A piece arrives
         into memory and goes to disk every 4 MiB (the sidecar records each piece's progress, so
         every piece resumes on its own); the hash takes the pieces in order straight from
-        memory. At most one piece more than there are connections is held: memory is bounded.
+        memory. At most one piece more than there are connections is held, plus one for each
+        connection handing over to its successor (see hand_off_near_end): memory is bounded.
         """
         remote = item.remote
         size = remote.size
@@ -500,17 +503,35 @@ class Engine:
             return state.transferred
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _fetch_piece(self, run: _SegmentedRun, seg: list[int], piece: PieceBuffer) -> None:
+    async def _fetch_piece(
+        self, run: _SegmentedRun, seg: list[int], piece: PieceBuffer, lane: _Lane
+    ) -> None:
         """One piece into memory (and to disk every 4 MiB), resumed and retried on its own."""
         item, part = run.item, run.part
         remote = item.remote
         label = f"{run.final} [bytes {seg[0]}-{seg[1]}]"
         if seg[2]:
             await part.read_piece(piece, seg[2])  # an earlier run's bytes: the hash needs them
+        # The timing of this piece's current request, for hand_off_near_end.
+        flow = _Flow()
 
         async def put(batch: list[bytes]) -> None:
+            now = time.monotonic()
+            if not flow.began:
+                flow.began = now
+            size = 0
             for chunk in batch:
                 piece.put(chunk)
+                size += len(chunk)
+            if now - flow.began <= BURST:
+                flow.first += size  # came all at once: the rate is what follows
+            else:
+                if not flow.heard:
+                    flow.heard = True
+                    run.heard(flow.began - flow.asked, flow.first)
+                flow.got += size
+            if not lane.retiring:
+                run.hand_off_near_end(lane, piece, flow)
             if piece.got < piece.length and piece.got - piece.written >= SEGMENT_BLOCK:
                 await self._save_piece(run, seg, piece, tail=False)
 
@@ -520,6 +541,7 @@ class Engine:
                 if start > seg[1]:
                     break
                 try:
+                    flow.reset()
                     async with self.client.open_read(
                         remote.context,
                         remote.context_id,
@@ -728,8 +750,15 @@ class _SegmentedRun:
         self.saves: list[asyncio.Future[None]] = []  # whole pieces going to disk
         self.pieces: dict[int, PieceBuffer] = {}
         self.prefix = 0  # after FastLinkError: bytes from zero on disk and in ``hasher``
-        self._window = asyncio.Semaphore(engine.settings.segments + 1)
+        self._window = _Window(engine.settings.segments + 1)
         self._capacity = ALIGN + max(end - start + 1 for start, end, _ in segments)
+        self.todo = collections.deque(
+            i for i, (start, end, done) in enumerate(segments) if done < end - start + 1
+        )
+        # Recent requests: seconds from asking to the first bytes, and how many came at once.
+        self._waits: list[tuple[float, int]] = []
+        self._probing = False
+        self._stopping = False
 
     async def run(self, *, probe: bool = False) -> None:
         """Fetch and hash every piece.
@@ -739,16 +768,15 @@ class _SegmentedRun:
         hashed (``prefix`` bytes, in ``hasher``) and FastLinkError hands the file to one stream.
         Otherwise the other connections join.
         """
-        todo = collections.deque(
-            i for i, (start, end, done) in enumerate(self.segments) if done < end - start + 1
-        )
-        count = min(self.engine.settings.segments, len(todo))
+        count = min(self.engine.settings.segments, len(self.todo))
         tasks = self.tasks
-        tasks.append(asyncio.create_task(self._connection(todo)))
+        self._probing = probe and count > 1
+        tasks.append(asyncio.create_task(self._connection()))
         try:
-            if probe and count > 1:
+            if self._probing:
                 began, before = time.monotonic(), self.state.transferred
                 await asyncio.wait(tasks, timeout=PROBE_SECONDS)
+                self._probing = False
                 moved = self.state.transferred - before
                 rate = moved / max(time.monotonic() - began, 1e-3)
                 if rate >= FAST_LINK and not tasks[0].done():
@@ -757,9 +785,13 @@ class _SegmentedRun:
                     raise FastLinkError(
                         f"one connection moves {human_bytes(int(rate))}/s; one stream from here"
                     )
-            tasks += [asyncio.create_task(self._connection(todo)) for _ in range(count - 1)]
+            tasks += [asyncio.create_task(self._connection()) for _ in range(count - 1)]
             await self._frontier()
-            await asyncio.gather(*tasks, *self.saves)
+            while True:  # a connection may have started its successor meanwhile
+                running = [*tasks, *self.saves]
+                await asyncio.gather(*running)
+                if len(running) == len(tasks) + len(self.saves):
+                    break
         except BaseException:
             await self._stop()
             raise
@@ -774,6 +806,7 @@ class _SegmentedRun:
 
     async def _stop(self) -> None:
         """Stop the connections; writes of whole pieces finish: what is on disk is kept."""
+        self._stopping = True
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, *self.saves, return_exceptions=True)
@@ -792,18 +825,55 @@ class _SegmentedRun:
             if piece.written < end - start + 1:
                 return
 
-    async def _connection(self, todo: collections.deque[int]) -> None:
+    def heard(self, wait: float, first: int) -> None:
+        """A piece's request took ``wait`` seconds from asking to its first ``first`` bytes."""
+        self._waits.append((wait, first))
+        del self._waits[:-9]
+
+    def hand_off_near_end(self, lane: _Lane, piece: PieceBuffer, flow: _Flow) -> None:
+        """Ask for the next piece early when each request waits long for its first bytes.
+
+        Each piece is a request of its own, and a connection would sit idle for that wait
+        before every piece. So when what is left of this piece will take about as long to
+        arrive as a request waits, a successor connection asks for the next piece now and
+        this one ends with its piece: its first bytes come as this piece's last ones do, or
+        just after. The number of connections moving bytes stays ``--segments``.
+        """
+        if self._probing or self._stopping or not self.todo or not self._waits:
+            return
+        elapsed = time.monotonic() - flow.began - BURST
+        if elapsed < 0.02 or not flow.got:
+            return  # too early to know this connection's rate
+        rate = flow.got / elapsed
+        # A request's dead time: its wait, less what its first bytes take at this rate (a
+        # server that paces sends its first bytes late, and they were not idle time). The
+        # shortest of the last nine: asking too late leaves a connection idle for a moment;
+        # asking too early would have more than --segments connections moving bytes.
+        dead = min(wait - first / rate for wait, first in self._waits)
+        if dead < HANDOFF_LATENCY:
+            return  # a short wait costs less than an extra connection
+        if piece.length - piece.got <= rate * dead:
+            lane.retiring = True
+            self._window.widen(1)  # the successor's piece may come before this one is hashed
+            self.tasks.append(asyncio.create_task(self._connection()))
+
+    async def _connection(self) -> None:
         # Pieces are taken in file order, so they finish roughly in order and the hash keeps
         # pace; the window stops a connection that runs too far ahead of the hash.
-        while todo:
-            await self._window.acquire()
-            if not todo:
-                self._window.release()
-                return
-            index = todo.popleft()
-            start, end, _ = self.segments[index]
-            piece = self.pieces[index] = PieceBuffer(start, end - start + 1, self._capacity)
-            await self.engine._fetch_piece(self, self.segments[index], piece)
+        todo, lane = self.todo, _Lane()
+        try:
+            while todo and not lane.retiring:
+                await self._window.acquire()
+                if not todo:
+                    self._window.release()
+                    return
+                index = todo.popleft()
+                start, end, _ = self.segments[index]
+                piece = self.pieces[index] = PieceBuffer(start, end - start + 1, self._capacity)
+                await self.engine._fetch_piece(self, self.segments[index], piece, lane)
+        finally:
+            if lane.retiring:
+                self._window.widen(-1)
 
     async def _frontier(self) -> None:
         """Hash the pieces in file order from memory, the current one as its bytes arrive."""
@@ -842,6 +912,56 @@ class _SegmentedRun:
                 continue
             piece.release()
             self._window.release()
+
+
+class _Window:
+    """How many pieces may be in memory: ``base``, plus one per connection handing over to a
+    successor (until its last piece is in)."""
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.extra = 0
+        self.held = 0
+        self._changed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.held >= self.base + self.extra:
+            self._changed.clear()
+            await self._changed.wait()
+        self.held += 1
+
+    def release(self) -> None:
+        self.held -= 1
+        self._changed.set()
+
+    def widen(self, by: int) -> None:
+        self.extra += by
+        self._changed.set()
+
+
+class _Flow:
+    """One ranged request of a piece: when it was ``asked`` for, when its first bytes came
+    (``began``; 0: not yet), how many came in that first burst (``first``) and how many since
+    (``got``, for the rate)."""
+
+    __slots__ = ("asked", "began", "first", "got", "heard")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.asked, self.began = time.monotonic(), 0.0
+        self.first = self.got = 0
+        self.heard = False
+
+
+class _Lane:
+    """One of a segmented download's connections; ``retiring`` once it started its successor."""
+
+    __slots__ = ("retiring",)
+
+    def __init__(self) -> None:
+        self.retiring = False
 
 
 class FastLinkError(TransferError):

@@ -256,3 +256,24 @@ def test_a_capped_connection_keeps_its_segments(
     assert len(read_ranges(served)) == 4 and all(
         r and not r.endswith("-") for r in read_ranges(served)
     )
+
+
+def test_pieces_are_asked_for_early_when_requests_wait_long(served: Served, tmp_path: Path) -> None:
+    """60 ms before each piece's first bytes: near the end of its piece, a connection hands
+    over to a successor that asks for the next piece at once. Bytes still move over as many
+    connections as --segments."""
+    size = 48_000_000
+    pieces = len(split_segments(size, 4, None))  # 15, ramps included
+    node = add_big(served, size)
+    served.emulator.switches.bandwidth = 8_000_000
+    served.emulator.switches.latency = 0.06
+    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
+    served.emulator.switches.latency = 0.0
+    served.emulator.switches.bandwidth = 0
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
+    assert served.stat("read") == pieces  # one request per piece, none repeated
+    assert served.stat("read_connections") > 4  # successors asked on connections of their own
+    # Bytes moved over four connections at a time (4 in every run here); one more allows for a
+    # handover that a busy test machine's scheduling makes overlap.
+    assert served.stat("reads_sending_max") <= 4 + 1
