@@ -10,7 +10,8 @@ shows medians and ratios (fastio-dl time / peer time: below 1.0 means fastio-dl 
     B1  2,000 files of 64 KiB, 20 ms latency per request, concurrency 16 for every tool
     B2  one 1 GiB file, no added latency, against single-stream curl (+ sha256sum CPU)
     B3  one large file behind a per-connection bandwidth cap: N connections vs aria2c -x N -s N;
-        1 GiB like B2's file, then 256 MiB, where fastio-dl's fixed start-up weighs 4x as much
+        1 GiB like B2's file, then 256 MiB, where fastio-dl's fixed start-up weighs 4x as much;
+        each also with 50 ms before every request's first bytes (an internet round trip)
     B4  no-op sync of 10,000 up-to-date files: seconds and API calls
     B5  a manifest of 100,000 references, --dry-run: seconds and peak memory
 """
@@ -181,13 +182,17 @@ def b2(tmp: Path, rounds: int, size: str) -> list[dict[str, Any]]:
         emu.stop()
 
 
-def b3(tmp: Path, rounds: int, size: str, cap: str, n: int) -> list[dict[str, Any]]:
+def b3(
+    tmp: Path, rounds: int, size: str, cap: str, n: int, latency: float = 0.0
+) -> list[dict[str, Any]]:
     emu = EmulatorProcess(
         "--files", "1", "--depth", "0", "--min-size", size, "--max-size", size, "--bandwidth", cap
     )
     try:
         files = emu.files()
         aria = require("aria2c", "aria2")
+        if latency:
+            emu.switches(latency=latency)
 
         def ours() -> Run:
             return run_measured(
@@ -218,8 +223,9 @@ def b3(tmp: Path, rounds: int, size: str, cap: str, n: int) -> list[dict[str, An
                 ],
             )
 
+        wait = f", {latency * 1000:.0f} ms per request" if latency else ""
         return row(
-            f"B3 one {size} file, {cap}/s per connection, {n} connections",
+            f"B3 one {size} file, {cap}/s per connection, {n} connections{wait}",
             alternate(rounds, {"fastio-dl": ours, "aria2c": run_aria}),
         )
     finally:
@@ -350,6 +356,11 @@ def main() -> int:
     parser.add_argument("--b3-size", default="1G,256M", help="one size or several, comma-separated")
     parser.add_argument("--b3-cap", default="16M")
     parser.add_argument("--b3-connections", type=int, default=8)
+    parser.add_argument(
+        "--b3-latency",
+        default="0,0.05",
+        help="seconds each request waits before its first bytes; one value or several",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
     only = {b.strip().upper() for b in args.only.split(",")}
@@ -364,7 +375,15 @@ def main() -> int:
             "B3": lambda: [
                 r
                 for size in args.b3_size.split(",")
-                for r in b3(tmp, args.rounds, size.strip(), args.b3_cap, args.b3_connections)
+                for latency in args.b3_latency.split(",")
+                for r in b3(
+                    tmp,
+                    args.rounds,
+                    size.strip(),
+                    args.b3_cap,
+                    args.b3_connections,
+                    float(latency),
+                )
             ],
             "B4": lambda: b4(tmp, args.rounds),
             "B5": lambda: b5(tmp),
