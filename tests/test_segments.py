@@ -179,12 +179,14 @@ def test_killed_segmented_download_resumes_each_segment(served: Served, tmp_path
     assert served.stat("read_bytes") == size - sum(seg[2] for seg in saved)
 
 
+@pytest.mark.parametrize("latency", [0.0, 0.06], ids=["no-wait", "handovers"])
 def test_interrupted_pieces_keep_their_bytes_and_resume_mid_piece(
-    served: Served, tmp_path: Path
+    served: Served, tmp_path: Path, latency: float
 ) -> None:
     size = 24_000_000
     node = add_big(served, size)
     served.emulator.switches.bandwidth = 2_000_000
+    served.emulator.switches.latency = latency  # 60 ms: pieces hand over to successors
     proc = subprocess.Popen(
         served.argv(
             "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--progress", "none", *SEG
@@ -202,7 +204,10 @@ def test_interrupted_pieces_keep_their_bytes_and_resume_mid_piece(
     # SIGINT writes what each piece received so far: pieces stop mid-way, not at zero.
     partial = [seg for seg in saved if 0 < seg[2] < seg[1] - seg[0] + 1]
     assert len(partial) >= 2
+    if latency:
+        assert served.stat("read_connections") > 4  # a handover had happened
     served.emulator.switches.bandwidth = 0
+    served.emulator.switches.latency = 0.0
     served.server.call(served.emulator.reset_counters)
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
     assert result.exit_code == 0, result.stderr
@@ -277,3 +282,21 @@ def test_pieces_are_asked_for_early_when_requests_wait_long(served: Served, tmp_
     # Bytes moved over four connections at a time (4 in every run here); one more allows for a
     # handover that a busy test machine's scheduling makes overlap.
     assert served.stat("reads_sending_max") <= 4 + 1
+
+
+def test_broken_reads_during_handovers_resume_and_verify(served: Served, tmp_path: Path) -> None:
+    """Requests wait 60 ms (pieces hand over) and three reads break mid-piece."""
+    size = 24_000_000
+    node = add_big(served, size)
+    served.emulator.switches.bandwidth = 4_000_000
+    served.emulator.switches.latency = 0.06
+    served.server.call(
+        lambda: served.emulator.set_faults([Fault("drop", after_bytes=700_000, times=3)])
+    )
+    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
+    served.emulator.switches.latency = 0.0
+    served.emulator.switches.bandwidth = 0
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
+    assert served.stat("fault:drop") == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
