@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import heapq
 import itertools
 import json
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fastio_dl import transfer
+from fastio_dl.blockio import PieceBuffer
 from fastio_dl.emulator import Fault, SeededBlob
 from fastio_dl.transfer import split_segments
 from tests.conftest import Served
@@ -300,3 +303,65 @@ def test_broken_reads_during_handovers_resume_and_verify(served: Served, tmp_pat
     assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
     assert served.stat("fault:drop") == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+
+
+async def test_the_piece_window_widens_for_a_handover_and_narrows_after() -> None:
+    window = transfer._Window(2)
+    await window.acquire()
+    await window.acquire()
+    third = asyncio.ensure_future(window.acquire())
+    await asyncio.sleep(0.01)
+    assert not third.done()  # two pieces held: a third waits
+    window.widen(1)  # a connection hands over: one piece more may be held
+    await asyncio.wait_for(third, 1)
+    window.widen(-1)  # its last piece is in: back to two, three still held
+    fourth = asyncio.ensure_future(window.acquire())
+    window.release()
+    await asyncio.sleep(0.01)
+    assert not fourth.done()  # 2 held, limit 2
+    window.release()
+    await asyncio.wait_for(fourth, 1)
+    assert window.held == 2
+
+
+@pytest.mark.parametrize(
+    ("wait", "first", "left", "hands_over"),
+    [
+        # A paced server: 16 ms to the first 256 KiB is just those bytes at 16 MiB/s, no wait.
+        (0.0166, 256 * 1024, 100_000, False),
+        # 50 ms of wait on top: hand over once the rest takes 50 ms or less at 16 MiB/s.
+        (0.0666, 256 * 1024, 800_000, True),
+        (0.0666, 256 * 1024, 900_000, False),
+    ],
+)
+async def test_a_connection_hands_over_only_for_time_that_no_bytes_move(
+    wait: float, first: int, left: int, hands_over: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[int] = []
+
+    async def connection(self: transfer._SegmentedRun) -> None:
+        started.append(1)
+
+    monkeypatch.setattr(transfer._SegmentedRun, "_connection", connection)
+    run = transfer._SegmentedRun.__new__(transfer._SegmentedRun)
+    run.todo = collections.deque([7])
+    run.tasks, run._window = [], transfer._Window(3)
+    run._probing = run._stopping = False
+    run._waits = []
+    for _ in range(3):
+        run.heard(wait, first)
+    rate = 16 * 1024 * 1024
+    flow = transfer._Flow()
+    flow.began = time.monotonic() - 0.2 - transfer.BURST
+    flow.got = int(rate * 0.2)
+    piece = PieceBuffer(0, 4_000_000)
+    try:
+        piece.got = piece.length - left
+        lane = transfer._Lane()
+        run.hand_off_near_end(lane, piece, flow)
+        await asyncio.gather(*run.tasks)
+    finally:
+        piece.release()
+    assert lane.retiring is hands_over
+    assert len(started) == int(hands_over)
+    assert run._window.extra == int(hands_over)
