@@ -835,9 +835,10 @@ class _SegmentedRun:
 
         Each piece is a request of its own, and a connection would sit idle for that wait
         before every piece. So when what is left of this piece will take about as long to
-        arrive as a request waits, a successor connection asks for the next piece now and
-        this one ends with its piece: its first bytes come as this piece's last ones do, or
-        just after. The number of connections moving bytes stays ``--segments``.
+        arrive as a request's dead time (below), a successor connection asks for the next piece
+        now and this one ends with its piece: the successor's first bytes come as this piece's
+        last ones do, or just after. The number of connections moving bytes stays
+        ``--segments``.
         """
         if self._probing or self._stopping or not self.todo or not self._waits:
             return
