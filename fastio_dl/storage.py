@@ -133,9 +133,10 @@ class EmptyAtStart:
 
     async def holds_nothing(self, directory: Path) -> bool:
         if directory not in self._known:
-            empty = await asyncio.to_thread(_holds_nothing, directory)
             # The first answer stands: it was read before this run created anything there.
-            self._known.setdefault(directory, empty)
+            # Read on the event loop: one directory entry (usually of a directory that does not
+            # exist yet) costs less than a thread hop, and the first file of a run waits on it.
+            self._known[directory] = _holds_nothing(directory)
         return self._known[directory]
 
     async def exists(self, path: Path) -> bool:
