@@ -18,6 +18,7 @@ from fastio_dl.refs import Ref
 from fastio_dl.storage import safe_name, safe_relpath
 
 LIST_CONCURRENCY = 4
+HEAD_START = 32  # the run's first files are handed on one by one as they are planned
 DETAILS_CONCURRENCY = 4
 
 
@@ -246,6 +247,10 @@ class Planner:
                             incomplete.append(child)
                         else:
                             await self._file_entry(target, context, context_id, child, relpath)
+                            if self._next_key <= HEAD_START:
+                                # Planning a page of 500 takes milliseconds: the run's first
+                                # files go to the download slots at once, not after the page.
+                                await asyncio.sleep(0)
                     if incomplete:
                         await self._complete(target, context, context_id, base, incomplete)
         except AuthError:
