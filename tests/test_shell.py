@@ -365,7 +365,7 @@ def test_wheel_has_the_package_and_no_tests(tmp_path: Path) -> None:
     assert not [n for n in names if n.startswith("tests/") or "/tests/" in n]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert (
-        "fastio-dl = fastio_dl.cli:entrypoint" in zipfile.ZipFile(wheel).read(entry_points).decode()
+        "fastio-dl = fastio_dl.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     )
 
 
@@ -476,3 +476,18 @@ def test_a_reader_that_goes_away_stops_the_run_like_sigpipe(make_served, tmp_pat
     present = tree_digests(dest)
     assert len(present) < len(expected)  # it stopped instead of running on with nobody reading
     assert all(expected[path] == digest for path, digest in present.items())
+
+
+def test_the_command_imports_its_cli_without_collecting() -> None:
+    probe = (
+        "import gc, sys; import fastio_dl.__main__ as m; "
+        "n = gc.get_stats()[0]['collections']; entry = m.import_cli(); "
+        "print(gc.get_stats()[0]['collections'] - n, gc.isenabled(), gc.get_freeze_count(), "
+        "'fastio_dl.cli' in sys.modules, entry.__name__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    collections, enabled, frozen, imported, name = done.stdout.split()
+    assert (collections, enabled, imported, name) == ("0", "True", "True", "entrypoint")
+    assert int(frozen) > 10_000  # what the import made is set aside, not scanned again
