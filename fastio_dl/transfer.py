@@ -526,8 +526,7 @@ class Engine:
             if now - flow.began <= BURST:
                 flow.first += size  # came all at once: the rate is what follows
             else:
-                if not flow.heard:
-                    flow.heard = True
+                if not flow.got:  # the first bytes after the burst: the wait is known
                     run.heard(flow.began - flow.asked, flow.first)
                 flow.got += size
             if not lane.retiring:
@@ -945,7 +944,7 @@ class _Flow:
     (``began``; 0: not yet), how many came in that first burst (``first``) and how many since
     (``got``, for the rate)."""
 
-    __slots__ = ("asked", "began", "first", "got", "heard")
+    __slots__ = ("asked", "began", "first", "got")
 
     def __init__(self) -> None:
         self.reset()
@@ -953,7 +952,6 @@ class _Flow:
     def reset(self) -> None:
         self.asked, self.began = time.monotonic(), 0.0
         self.first = self.got = 0
-        self.heard = False
 
 
 class _Lane:
