@@ -131,7 +131,7 @@ class EmptyAtStart:
     def __init__(self) -> None:
         self._known: dict[Path, bool] = {}
 
-    async def holds_nothing(self, directory: Path) -> bool:
+    def holds_nothing(self, directory: Path) -> bool:
         if directory not in self._known:
             # The first answer stands: it was read before this run created anything there.
             # Read on the event loop: one directory entry (usually of a directory that does not
@@ -139,11 +139,12 @@ class EmptyAtStart:
             self._known[directory] = _holds_nothing(directory)
         return self._known[directory]
 
-    async def exists(self, path: Path) -> bool:
-        """Whether a planned file is there already: no stat when its directory held nothing."""
-        if await self.holds_nothing(path.parent):
+    def exists(self, path: Path) -> bool:
+        """Whether a planned file is there already: no stat when its directory held nothing.
+        On the event loop: one stat at most, where a thread hop per file would cost more."""
+        if self.holds_nothing(path.parent):
             return False
-        return path.exists()  # noqa: ASYNC240 -- one stat; a thread hop per file costs more
+        return path.exists()
 
 
 def _holds_nothing(directory: Path) -> bool:

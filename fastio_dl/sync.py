@@ -49,7 +49,7 @@ class SyncPolicy:
             and local_matches_record(final, record)
         ):
             return Decision(skip_reason="up to date")
-        if await self.local.exists(final):
+        if self.local.exists(final):
             if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
                 if self.dry_run:
                     return Decision(skip_reason="dry run: would adopt (identical local file)")

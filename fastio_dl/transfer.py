@@ -103,7 +103,7 @@ class GetPolicy:
         self.local = EmptyAtStart()  # what was on disk before this run
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
-        if not await self.local.exists(final):
+        if not self.local.exists(final):
             return Decision()
         remote = item.remote
         if await matches_local(final, remote.size, remote.hash_algo, remote.hash):

@@ -65,7 +65,7 @@ def test_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
     assert ensure_inside(dest, dest / "sub" / "file.bin") == dest / "sub" / "file.bin"
 
 
-async def test_empty_at_start_keeps_its_first_answer(tmp_path: Path) -> None:
+def test_empty_at_start_keeps_its_first_answer(tmp_path: Path) -> None:
     from fastio_dl.storage import EmptyAtStart
 
     empty = EmptyAtStart()
@@ -73,16 +73,16 @@ async def test_empty_at_start_keeps_its_first_answer(tmp_path: Path) -> None:
     fresh.mkdir()
     busy.mkdir()
     (busy / "old.bin").write_bytes(b"x")
-    assert await empty.holds_nothing(fresh)
-    assert not await empty.holds_nothing(busy)
-    assert await empty.holds_nothing(missing)
-    assert not await empty.holds_nothing(busy / "old.bin")  # not a directory: stat each file
-    assert await empty.exists(busy / "old.bin") and not await empty.exists(busy / "other.bin")
-    assert not await empty.exists(missing / "a.bin")
+    assert empty.holds_nothing(fresh)
+    assert not empty.holds_nothing(busy)
+    assert empty.holds_nothing(missing)
+    assert not empty.holds_nothing(busy / "old.bin")  # not a directory: stat each file
+    assert empty.exists(busy / "old.bin") and not empty.exists(busy / "other.bin")
+    assert not empty.exists(missing / "a.bin")
     # What this run writes afterwards does not change the answer: it decided on those files.
     (fresh / "new.bin").write_bytes(b"y")
-    assert await empty.holds_nothing(fresh)
-    assert not await empty.exists(fresh / "new.bin")
+    assert empty.holds_nothing(fresh)
+    assert not empty.exists(fresh / "new.bin")
 
 
 def _tree(path: Path) -> list[str]:
