@@ -68,7 +68,8 @@ PIECES_PER_CONNECTION = 8
 SEGMENT_BLOCK = 4 * 1024 * 1024  # a piece goes to disk (a resume point) and to the hash
 SAVE_EVERY = 0.2  # seconds between sidecar records of piece progress while pieces stream
 SEGMENT_MEMORY = 40 * 1024 * 1024  # pieces held in memory per segmented file, at most
-PROBE_SECONDS = 0.015  # how long the first connection runs alone before its speed is judged
+PROBE_WAIT = 0.010  # how long the first connection's response may take for its speed to count
+PROBE_SECONDS = 0.004  # how long its bytes then flow alone before their speed is judged
 FAST_LINK = 100 * 1024 * 1024  # bytes/s one connection must move to make more pointless
 PROBE_MIN = 256 * 1024 * 1024  # smaller files finish in seconds on such a link either way
 HANDOFF_LATENCY = 0.005  # a piece's request waiting this long (s) is worth asking for early
@@ -549,6 +550,7 @@ class Engine:
                         start=start,
                         end=seg[1],
                     ) as stream:
+                        run.answered()
                         cr = stream.content_range
                         if stream.status != 206 or cr is None:
                             raise RangeUnsupportedError("the server ignores Range")
@@ -757,15 +759,16 @@ class _SegmentedRun:
         # Recent requests: seconds from asking to the first bytes, and how many came at once.
         self._waits: list[tuple[float, int]] = []
         self._probing = False
+        self._answered = asyncio.Event()  # while probing: the first response is in
         self._stopping = False
 
     async def run(self, *, probe: bool = False) -> None:
         """Fetch and hash every piece.
 
-        With ``probe``, the first connection runs alone for PROBE_SECONDS. If it moves FAST_LINK
-        bytes a second, more connections would only cost CPU on both ends: what it fetched is
-        hashed (``prefix`` bytes, in ``hasher``) and FastLinkError hands the file to one stream.
-        Otherwise the other connections join.
+        With ``probe``, the first connection runs alone while its speed is judged (see
+        _probe). If it moves FAST_LINK bytes a second, more connections would only cost CPU on
+        both ends: what it fetched is hashed (``prefix`` bytes, in ``hasher``) and FastLinkError
+        hands the file to one stream. Otherwise the other connections join.
         """
         count = min(self.engine.settings.segments, len(self.todo))
         tasks = self.tasks
@@ -773,11 +776,8 @@ class _SegmentedRun:
         tasks.append(asyncio.create_task(self._connection()))
         try:
             if self._probing:
-                began, before = time.monotonic(), self.state.transferred
-                await asyncio.wait(tasks, timeout=PROBE_SECONDS)
+                rate = await self._probe()
                 self._probing = False
-                moved = self.state.transferred - before
-                rate = moved / max(time.monotonic() - began, 1e-3)
                 if rate >= FAST_LINK and not tasks[0].done():
                     await self._stop()
                     await self._hash_prefix()
@@ -798,6 +798,28 @@ class _SegmentedRun:
             for piece in self.pieces.values():
                 piece.release()
             self.pieces.clear()
+
+    async def _probe(self) -> float:
+        """The first connection's speed in bytes a second: its bytes over PROBE_SECONDS from
+        its response, or 0 when the response takes longer than PROBE_WAIT.
+
+        The window starts at the response, not the request, so a server's wait before it
+        answers does not count against the link; and a link whose response is slow is not one
+        where a single connection is enough. A server that paces its bytes is found out within
+        PROBE_SECONDS of its response (few bytes), not at its first paced bytes.
+        """
+        answered = asyncio.ensure_future(self._answered.wait())
+        try:
+            await asyncio.wait(
+                [answered, *self.tasks], timeout=PROBE_WAIT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            answered.cancel()
+        if not self._answered.is_set():
+            return 0.0
+        began, before = time.monotonic(), self.state.transferred
+        await asyncio.wait(self.tasks, timeout=PROBE_SECONDS)
+        return (self.state.transferred - before) / max(time.monotonic() - began, 1e-3)
 
     def save(self, job: Awaitable[None]) -> None:
         """Write a whole piece beside the connections (the frontier sees a failure)."""
@@ -823,6 +845,10 @@ class _SegmentedRun:
             self.prefix += piece.written
             if piece.written < end - start + 1:
                 return
+
+    def answered(self) -> None:
+        """A piece's response is in; its bytes follow."""
+        self._answered.set()
 
     def heard(self, wait: float, first: int) -> None:
         """A piece's request took ``wait`` seconds from asking to its first ``first`` bytes."""

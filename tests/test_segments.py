@@ -251,6 +251,49 @@ def test_a_fast_single_connection_goes_on_as_one_stream(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
 
 
+def test_the_probe_times_a_link_from_its_response(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server takes 100 ms to answer, then sends: the wait is not the link's speed.
+    Timed from the request, the probe would have seen no bytes in its 50 ms and split."""
+    monkeypatch.setattr(transfer, "PROBE_MIN", 1)
+    monkeypatch.setattr(transfer, "FAST_LINK", 1)  # any bytes in the window count as fast
+    monkeypatch.setattr(transfer, "PROBE_WAIT", 2.0)
+    monkeypatch.setattr(transfer, "PROBE_SECONDS", 0.05)
+    size = 12_000_000  # four 3 MB pieces; about 1 MB comes in the window
+    node = add_big(served, size)
+    served.emulator.switches.latency = 0.1
+    served.emulator.switches.bandwidth = 20_000_000
+    result = served.cli(
+        "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG, "--debug", "--json"
+    )
+    served.emulator.switches.latency = 0.0
+    served.emulator.switches.bandwidth = 0
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
+    assert "one stream from here" in result.stdout + result.stderr
+    ranges = read_ranges(served)
+    assert len(ranges) == 2 and ranges[1] is not None and ranges[1].endswith("-")
+
+
+def test_a_slow_answer_is_not_waited_for(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A response slower than PROBE_WAIT: the other connections join without it."""
+    monkeypatch.setattr(transfer, "PROBE_MIN", 1)
+    monkeypatch.setattr(transfer, "FAST_LINK", 1)
+    size = 12_000_000
+    node = add_big(served, size)
+    served.emulator.switches.latency = 0.1
+    result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
+    served.emulator.switches.latency = 0.0
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)
+    assert len(read_ranges(served)) == 4 and all(
+        r and not r.endswith("-") for r in read_ranges(served)
+    )
+
+
 def test_a_capped_connection_keeps_its_segments(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
