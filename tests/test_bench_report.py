@@ -29,3 +29,15 @@ def test_table_prints_a_ratio_of_one_and_the_spread_of_runs() -> None:
     ours_line = next(line for line in text.splitlines() if "| fastio-dl |" in line)
     assert "runs 2.00-2.20 s" in ours_line
     assert "walls=" not in text
+
+
+def test_the_first_read_is_timed_when_every_run_has_it() -> None:
+    ours = runs("fastio-dl", 2.0, 2.2, 2.1)
+    for run, first in zip(ours, (0.14, 0.12, 0.13), strict=True):
+        run.first_read = first
+    peer = runs("peer", 2.1, 2.1)
+    peer[0].first_read = 0.01  # the other run has none: no median of a part
+    rows = row("B9", {"fastio-dl": ours, "peer": peer})
+    assert rows[0]["first_read_ms"] == 130.0 and "first_read_ms" not in rows[1]
+    ours_line = next(line for line in table(rows).splitlines() if "| fastio-dl |" in line)
+    assert "first read at 130 ms" in ours_line and "first_read_ms=" not in ours_line

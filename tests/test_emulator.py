@@ -110,6 +110,22 @@ def test_read_with_range_and_tokens(emu) -> None:
     assert server.emulator.counters["tokens_minted"] == 1
 
 
+def test_the_first_read_is_timed_until_a_reset(emu) -> None:
+    server, space = emu
+    node = next(iter(space.files()))
+    path = f"/workspace/{space.id}/storage/{node.id}"
+    call(server.api_base, "/user/auth/check/")
+    assert server.emulator.stats()["first_read_at"] is None  # API calls are not reads
+    before = time.monotonic()
+    assert call(server.api_base, path + "/read/")[0] == 200
+    first = server.emulator.stats()["first_read_at"]
+    assert first is not None and before <= first <= time.monotonic()
+    call(server.api_base, path + "/read/")
+    assert server.emulator.stats()["first_read_at"] == first  # the first one, not the last
+    server.emulator.reset_counters()
+    assert server.emulator.stats()["first_read_at"] is None
+
+
 def test_a_capped_read_never_runs_ahead_of_its_cap() -> None:
     """The per-connection cap holds from a request's first byte: no chunk leaves early (a
     free first chunk would let a client that spreads requests over new connections beat the

@@ -110,6 +110,9 @@ class Emulator:
         self.requests: list[dict[str, Any]] = []  # (endpoint, headers) of the last requests
         self._sending = 0  # reads moving bytes now
         self._read_peers: set[tuple[Any, ...]] = set()  # client addresses that read
+        # When the first read since the last reset arrived (time.monotonic(), the same clock in
+        # every process on Linux): a benchmark tells a client's start-up from its transfer.
+        self.first_read_at: float | None = None
         self.app = self._make_app()
 
     # ------------------------------------------------------------------ faults
@@ -133,12 +136,17 @@ class Emulator:
         return None
 
     def stats(self) -> dict[str, Any]:
-        return {"counters": dict(self.counters), "read_tokens_live": len(self.read_tokens)}
+        return {
+            "counters": dict(self.counters),
+            "read_tokens_live": len(self.read_tokens),
+            "first_read_at": self.first_read_at,
+        }
 
     def reset_counters(self) -> None:
         self.counters.clear()
         self.requests.clear()
         self._read_peers.clear()
+        self.first_read_at = None
 
     # ------------------------------------------------------------------ app
     def _make_app(self) -> web.Application:
@@ -163,6 +171,8 @@ class Emulator:
         if request.path.startswith("/_emulator/"):
             return await handler(request)  # type: ignore[no-any-return]
         endpoint = request.path.rstrip("/").rsplit("/", 1)[-1]
+        if endpoint == "read" and self.first_read_at is None:
+            self.first_read_at = time.monotonic()
         self.counters[endpoint] += 1
         self.counters["requests"] += 1
         if len(self.requests) < 10_000:

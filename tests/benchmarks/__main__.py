@@ -5,7 +5,9 @@
 Every server here is the project's emulator on 127.0.0.1 (a separate process). Peers are fed
 the emulator's pre-minted ``/read/?token=`` URLs (minted before timing); fastio-dl resolves
 details and read tokens itself inside its timed run. Runs alternate between tools; the table
-shows medians and ratios (fastio-dl time / peer time: below 1.0 means fastio-dl is faster).
+shows medians and ratios (fastio-dl time / peer time: below 1.0 means fastio-dl is faster),
+each tool's fastest and slowest run, and when the emulator saw its first read (the median time
+from the tool's start: start-up, and for fastio-dl its listing; the rest is transfer).
 
     B1  2,000 files of 64 KiB, 20 ms latency per request, concurrency 16 for every tool
     B2  one 1 GiB file, no added latency, against single-stream curl (+ sha256sum CPU)
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -57,13 +60,21 @@ def aria_input(urls: list[tuple[str, str]], out: Path) -> Path:
     return listing
 
 
-def alternate(rounds: int, tools: dict[str, Any]) -> dict[str, list[Run]]:
+def alternate(
+    rounds: int, tools: dict[str, Any], emulator: EmulatorProcess | None = None
+) -> dict[str, list[Run]]:
+    """Each tool once per round, in turn. With ``emulator``, each run also gets the time from
+    its start to the server's first read (start-up, plus listing for fastio-dl)."""
     runs: dict[str, list[Run]] = {name: [] for name in tools}
     for _ in range(rounds):
         for name, make in tools.items():
+            if emulator is not None:
+                emulator.reset()
             run = make()
             if run.exit != 0:
                 raise SystemExit(f"{name} failed with exit {run.exit}")
+            if emulator is not None and (at := emulator.first_read_at()) is not None:
+                run.first_read = at - run.began
             runs[name].append(run)
     return runs
 
@@ -84,6 +95,9 @@ def row(bench: str, runs: dict[str, list[Run]], ours: str = "fastio-dl") -> list
                 "walls": [round(r.wall, 3) for r in items],
             }
         )
+        firsts = [r.first_read for r in items if r.first_read is not None]
+        if firsts and len(firsts) == len(items):
+            out[-1]["first_read_ms"] = round(statistics.median(firsts) * 1000, 1)
     return out
 
 
@@ -137,7 +151,7 @@ def b1(tmp: Path, rounds: int) -> list[dict[str, Any]]:
 
         return row(
             "B1 2000 x 64 KiB, 20 ms",
-            alternate(rounds, {"fastio-dl": ours, "curl": run_curl, "aria2c": run_aria}),
+            alternate(rounds, {"fastio-dl": ours, "curl": run_curl, "aria2c": run_aria}, emu),
         )
     finally:
         emu.stop()
@@ -160,7 +174,7 @@ def b2(tmp: Path, rounds: int, size: str) -> list[dict[str, Any]]:
             out = fresh_dir(tmp / "c")
             return run_measured("curl", [curl, "-sf", "-o", str(out / name), url])
 
-        runs = alternate(rounds, {"fastio-dl": ours, "curl": run_curl})
+        runs = alternate(rounds, {"fastio-dl": ours, "curl": run_curl}, emu)
         sha = run_measured("sha256sum", ["sha256sum", str(next((tmp / "c").iterdir()))])
         rows = row(f"B2 one {size} file", runs)
         gib = int(files[0]["size"]) / 2**30
@@ -226,7 +240,7 @@ def b3(
         wait = f", {latency * 1000:.0f} ms per request" if latency else ""
         return row(
             f"B3 one {size} file, {cap}/s per connection, {n} connections{wait}",
-            alternate(rounds, {"fastio-dl": ours, "aria2c": run_aria}),
+            alternate(rounds, {"fastio-dl": ours, "aria2c": run_aria}, emu),
         )
     finally:
         emu.stop()
@@ -323,17 +337,20 @@ def machine() -> str:
     )
 
 
+# Row keys with a column or a note of their own; any others are notes as key=value.
+SHOWN = ("bench", "tool", "wall_s", "cpu_s", "peak_mb", "ratio", "walls", "first_read_ms")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| bench | tool | wall s | CPU s | peak MB | fastio-dl time / tool time | notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        notes = ", ".join(
-            f"{k}={v}"
-            for k, v in r.items()
-            if k not in ("bench", "tool", "wall_s", "cpu_s", "peak_mb", "ratio", "walls")
-        )
+        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in SHOWN)
+        if "first_read_ms" in r:  # start-up (and listing): the rest of the wall time is transfer
+            first = f"first read at {r['first_read_ms']:.0f} ms"
+            notes = f"{first}, {notes}" if notes else first
         if len(r.get("walls", ())) > 1:  # the spread of wall times over the rounds
             spread = f"runs {min(r['walls']):.2f}-{max(r['walls']):.2f} s"
             notes = f"{spread}, {notes}" if notes else spread

@@ -94,6 +94,13 @@ class EmulatorProcess:
         ) as r:
             return json.loads(r.read())["counters"]  # type: ignore[no-any-return]
 
+    def first_read_at(self) -> float | None:
+        """time.monotonic() when the first read since the last reset() arrived, if one did."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.port}/_emulator/stats", timeout=5
+        ) as r:
+            return json.loads(r.read())["first_read_at"]  # type: ignore[no-any-return]
+
     def reset(self) -> None:
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/_emulator/reset", data=b"{}", method="POST"
@@ -153,6 +160,8 @@ class Run:
     wall: float
     cpu: float
     peak_mb: float
+    began: float = 0.0  # time.monotonic() at the start
+    first_read: float | None = None  # seconds from the start to the server's first read
 
 
 def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
@@ -171,6 +180,7 @@ def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
         wall,
         usage.ru_utime + usage.ru_stime,
         usage.ru_maxrss / 1024,
+        began,
     )
 
 
