@@ -254,16 +254,16 @@ def test_a_fast_single_connection_goes_on_as_one_stream(
 def test_the_probe_times_a_link_from_its_response(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The server takes 100 ms to answer, then sends: the wait is not the link's speed.
-    Timed from the request, the probe would have seen no bytes in its 50 ms and split."""
+    """The server takes 200 ms to answer, then sends: the wait is not the link's speed.
+    Timed from the request, the probe would have seen no bytes in its 150 ms and split."""
     monkeypatch.setattr(transfer, "PROBE_MIN", 1)
     monkeypatch.setattr(transfer, "FAST_LINK", 1)  # any bytes in the window count as fast
     monkeypatch.setattr(transfer, "PROBE_WAIT", 2.0)
-    monkeypatch.setattr(transfer, "PROBE_SECONDS", 0.05)
-    size = 12_000_000  # four 3 MB pieces; about 1 MB comes in the window
+    monkeypatch.setattr(transfer, "PROBE_SECONDS", 0.15)
+    size = 12_000_000  # four 3 MB pieces; about 1.5 MB comes in the window
     node = add_big(served, size)
-    served.emulator.switches.latency = 0.1
-    served.emulator.switches.bandwidth = 20_000_000
+    served.emulator.switches.latency = 0.2
+    served.emulator.switches.bandwidth = 10_000_000
     result = served.cli(
         "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG, "--debug", "--json"
     )
