@@ -347,18 +347,17 @@ def table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in SHOWN)
-        if "first_read_ms" in r:  # start-up (and listing): the rest of the wall time is transfer
-            first = f"first read at {r['first_read_ms']:.0f} ms"
-            notes = f"{first}, {notes}" if notes else first
+        notes = []
         if len(r.get("walls", ())) > 1:  # the spread of wall times over the rounds
-            spread = f"runs {min(r['walls']):.2f}-{max(r['walls']):.2f} s"
-            notes = f"{spread}, {notes}" if notes else spread
+            notes.append(f"runs {min(r['walls']):.2f}-{max(r['walls']):.2f} s")
+        if "first_read_ms" in r:  # start-up (and listing): the rest of the wall time is transfer
+            notes.append(f"first read at {r['first_read_ms']:.0f} ms")
+        notes += [f"{k}={v}" for k, v in r.items() if k not in SHOWN]
         ratio = "" if r.get("ratio") is None or r["tool"] == "fastio-dl" else f"{r['ratio']:.2f}"
         lines.append(
             f"| {r['bench']} | {r['tool']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
             f"| {r['peak_mb']:.0f} "
-            f"| {ratio} | {notes} |"
+            f"| {ratio} | {', '.join(notes)} |"
         )
     return "\n".join(lines)
 

@@ -88,18 +88,18 @@ class EmulatorProcess:
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
 
-    def stats(self) -> dict[str, Any]:
+    def _stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(
             f"http://127.0.0.1:{self.port}/_emulator/stats", timeout=5
         ) as r:
-            return json.loads(r.read())["counters"]  # type: ignore[no-any-return]
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats()["counters"]  # type: ignore[no-any-return]
 
     def first_read_at(self) -> float | None:
         """time.monotonic() when the first read since the last reset() arrived, if one did."""
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.port}/_emulator/stats", timeout=5
-        ) as r:
-            return json.loads(r.read())["first_read_at"]  # type: ignore[no-any-return]
+        return self._stats()["first_read_at"]  # type: ignore[no-any-return]
 
     def reset(self) -> None:
         req = urllib.request.Request(
