@@ -13,9 +13,14 @@ from the tool's start: start-up, and for fastio-dl its listing; the rest is tran
     B2  one 1 GiB file, no added latency, against single-stream curl (+ sha256sum CPU)
     B3  one large file behind a per-connection bandwidth cap: N connections vs aria2c -x N -s N;
         1 GiB like B2's file, then 256 MiB, where fastio-dl's fixed start-up weighs 4x as much;
-        each also with 50 ms before every request's first bytes (an internet round trip)
+        each also with 50 ms before every request's first bytes (an internet round trip).
+        The target is judged on B2's file (--b2-size) with no added latency; the other rows
+        are shown beside it.
     B4  no-op sync of 10,000 up-to-date files: seconds and API calls
     B5  a manifest of 100,000 references, --dry-run: seconds and peak memory
+
+After the table, each target with what was measured and whether it was met; the exit status
+is 1 when a target was missed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +368,100 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _one(rows: list[dict[str, Any]], bench: str, tool: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["bench"] == bench and r["tool"] == tool), None)
+
+
+def _benches(rows: list[dict[str, Any]], key: str) -> list[str]:
+    return list(dict.fromkeys(r["bench"] for r in rows if r["bench"].split()[0] == key))
+
+
+def targets(rows: list[dict[str, Any]], big: str) -> list[dict[str, Any]]:
+    """The issue's targets, judged from the rows: one entry per bench that ran.
+
+    B3 is judged on B2's big file (``big``, by default 1G) with no added latency; its other
+    sizes and latencies are shown with ``met`` None (no target), as is B3's target when B3
+    ran without that size. ``met`` is False where a target is missed or a tool's row is
+    missing."""
+    out: list[dict[str, Any]] = []
+
+    def judge(bench: str, target: str, met: bool | None, measured: str) -> None:
+        out.append({"bench": bench, "target": target, "met": met, "measured": measured})
+
+    for bench in _benches(rows, "B1"):
+        ours = _one(rows, bench, "fastio-dl")
+        peers = [r for r in rows if r["bench"] == bench and r["tool"] != "fastio-dl"]
+        if ours is None or not peers:
+            judge(bench, "at most the faster peer's time", False, "a tool's row is missing")
+            continue
+        fastest = min(peers, key=lambda r: r["wall_s"])
+        ratio = ours["wall_s"] / fastest["wall_s"]
+        judge(
+            bench,
+            "at most the faster peer's time",
+            ratio <= 1.0,
+            f"{ours['wall_s']:.2f} s against {fastest['tool']}'s {fastest['wall_s']:.2f} s "
+            f"({ratio:.2f})",
+        )
+    for bench in _benches(rows, "B2"):
+        ours, curl = _one(rows, bench, "fastio-dl"), _one(rows, bench, "curl")
+        if ours is None or curl is None:
+            judge(bench, "within 1.2x curl's time, under 100 MB", False, "a tool's row is missing")
+            continue
+        ratio = ours["wall_s"] / curl["wall_s"]
+        judge(
+            bench,
+            "within 1.2x curl's time, under 100 MB",
+            ratio <= 1.2 and ours["peak_mb"] < 100,
+            f"{ratio:.2f}x curl, {ours['peak_mb']:.0f} MB; CPU s/GiB "
+            f"{ours.get('cpu_per_gib')} (curl {curl.get('cpu_per_gib')})",
+        )
+    b3 = _benches(rows, "B3")
+    target_b3 = next((b for b in b3 if f" {big} file," in b and " per request" not in b), None)
+    if b3 and target_b3 is None:
+        judge(f"B3 one {big} file", "at most aria2c's time", None, f"not run at {big}")
+    for bench in b3:
+        ours, aria = _one(rows, bench, "fastio-dl"), _one(rows, bench, "aria2c")
+        if ours is None or aria is None:
+            judge(bench, "at most aria2c's time", False, "a tool's row is missing")
+            continue
+        ratio = ours["wall_s"] / aria["wall_s"]
+        if bench == target_b3:
+            judge(bench, "at most aria2c's time", ratio <= 1.0, f"{ratio:.2f}")
+        else:
+            judge(bench, "none (shown beside the target)", None, f"{ratio:.2f}")
+    for bench in _benches(rows, "B4"):
+        r = rows[[x["bench"] for x in rows].index(bench)]
+        judge(
+            bench,
+            "under 5 s, no read token",
+            r["wall_s"] < 5 and r.get("tokens_minted") == 0,
+            f"{r['wall_s']:.2f} s, {r.get('api_calls')} API calls, "
+            f"{r.get('tokens_minted')} read tokens",
+        )
+    for bench in _benches(rows, "B5"):
+        r = rows[[x["bench"] for x in rows].index(bench)]
+        judge(
+            bench,
+            "under 60 s and 400 MB",
+            r["wall_s"] < 60 and r["peak_mb"] < 400 and r.get("exit") == 0,
+            f"{r['wall_s']:.2f} s, {r['peak_mb']:.0f} MB, exit {r.get('exit')}",
+        )
+    return out
+
+
+def verdicts(judged: list[dict[str, Any]]) -> str:
+    word = {True: "met", False: "MISSED", None: "-"}
+    lines = ["| bench | target | measured | |", "|---|---|---|---|"]
+    lines += [
+        f"| {t['bench']} | {t['target']} | {t['measured']} | {word[t['met']]} |" for t in judged
+    ]
+    missed = sum(t["met"] is False for t in judged)
+    lines.append("")
+    lines.append(f"{missed} target(s) missed" if missed else "every target measured was met")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -385,7 +485,7 @@ def main() -> int:
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fastio-bench-") as name:
         tmp = Path(name)
-        steps = {
+        steps: dict[str, Callable[[], list[dict[str, Any]]]] = {
             "B1": lambda: b1(tmp, args.rounds),
             "B2": lambda: b2(tmp, args.rounds, args.b2_size),
             "B3": lambda: [
@@ -408,17 +508,21 @@ def main() -> int:
             if key in only:
                 print(f"running {key}...", file=sys.stderr, flush=True)
                 rows += step()
+    judged = targets(rows, args.b2_size)
     report = {
         "machine": machine(),
         "rounds": args.rounds,
         "seconds": round(time.monotonic() - began, 1),
         "rows": rows,
+        "targets": judged,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"machine: {report['machine']}; medians of {args.rounds} alternating runs\n")
     print(table(rows))
-    return 0
+    print()
+    print(verdicts(judged))
+    return 1 if any(t["met"] is False for t in judged) else 0
 
 
 if __name__ == "__main__":
