@@ -57,6 +57,15 @@ def bench_rows() -> list[dict[str, Any]]:
             },
         ),
         *row("B2 one 1G file", {"fastio-dl": runs("fastio-dl", 0.9), "curl": runs("curl", 0.8)}),
+        {
+            "bench": "B2 one 1G file",
+            "tool": "sha256sum (curl has no hash)",
+            "wall_s": 2.1,
+            "cpu_s": 2.1,
+            "peak_mb": 40.0,
+            "cpu_per_gib": 2.1,
+            "ratio": None,
+        },
         *row(
             "B3 one 1G file, 16M/s per connection, 8 connections",
             {
@@ -111,6 +120,8 @@ def test_every_target_is_judged_from_the_rows() -> None:
     assert verdict(judged, "B1 2000 x 64 KiB") is True
     assert "against curl's 3.00 s" in judged[0]["measured"]  # the faster peer, not aria2c
     assert verdict(judged, "B2 one 1G file") is True  # 1.12x curl, 40 MB
+    assert "1.12x curl, 40 MB" in judged[1]["measured"]
+    assert "sha256sum 2.1)" in judged[1]["measured"]
     assert verdict(judged, "B3 one 1G file, 16M/s per connection, 8 connections") is True
     assert verdict(judged, "B4 no-op sync") is True and verdict(judged, "B5 manifest") is True
     text = verdicts(judged)

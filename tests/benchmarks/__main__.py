@@ -405,6 +405,7 @@ def targets(rows: list[dict[str, Any]], big: str) -> list[dict[str, Any]]:
         )
     for bench in _benches(rows, "B2"):
         ours, curl = _one(rows, bench, "fastio-dl"), _one(rows, bench, "curl")
+        sha = next((r for r in rows if r["bench"] == bench and r["tool"].startswith("sha")), {})
         if ours is None or curl is None:
             judge(bench, "within 1.2x curl's time, under 100 MB", False, "a tool's row is missing")
             continue
@@ -414,7 +415,8 @@ def targets(rows: list[dict[str, Any]], big: str) -> list[dict[str, Any]]:
             "within 1.2x curl's time, under 100 MB",
             ratio <= 1.2 and ours["peak_mb"] < 100,
             f"{ratio:.2f}x curl, {ours['peak_mb']:.0f} MB; CPU s/GiB "
-            f"{ours.get('cpu_per_gib')} (curl {curl.get('cpu_per_gib')})",
+            f"{ours.get('cpu_per_gib')} (curl {curl.get('cpu_per_gib')}, "
+            f"sha256sum {sha.get('cpu_per_gib')})",
         )
     b3 = _benches(rows, "B3")
     target_b3 = next((b for b in b3 if f" {big} file," in b and " per request" not in b), None)
