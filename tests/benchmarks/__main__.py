@@ -52,6 +52,7 @@ from tests.benchmarks.harness import (
 )
 
 RESULTS = Path(__file__).parent / "results"
+SHA256SUM = "sha256sum (curl has no hash)"  # B2's row of the hash that curl skips
 
 
 def curl_config(urls: list[tuple[str, str]], out: Path) -> Path:
@@ -189,7 +190,7 @@ def b2(tmp: Path, rounds: int, size: str) -> list[dict[str, Any]]:
         rows.append(
             {
                 "bench": f"B2 one {size} file",
-                "tool": "sha256sum (curl has no hash)",
+                "tool": SHA256SUM,
                 "wall_s": round(sha.wall, 3),
                 "cpu_s": round(sha.cpu, 3),
                 "peak_mb": round(sha.peak_mb, 1),
@@ -372,8 +373,13 @@ def _one(rows: list[dict[str, Any]], bench: str, tool: str) -> dict[str, Any] | 
     return next((r for r in rows if r["bench"] == bench and r["tool"] == tool), None)
 
 
+def _of(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The rows of bench ``key`` ("B1" to "B5"), in every variant that ran."""
+    return [r for r in rows if r["bench"].split()[0] == key]
+
+
 def _benches(rows: list[dict[str, Any]], key: str) -> list[str]:
-    return list(dict.fromkeys(r["bench"] for r in rows if r["bench"].split()[0] == key))
+    return list(dict.fromkeys(r["bench"] for r in _of(rows, key)))
 
 
 def targets(rows: list[dict[str, Any]], big: str) -> list[dict[str, Any]]:
@@ -405,7 +411,7 @@ def targets(rows: list[dict[str, Any]], big: str) -> list[dict[str, Any]]:
         )
     for bench in _benches(rows, "B2"):
         ours, curl = _one(rows, bench, "fastio-dl"), _one(rows, bench, "curl")
-        sha = next((r for r in rows if r["bench"] == bench and r["tool"].startswith("sha")), {})
+        sha = _one(rows, bench, SHA256SUM) or {}
         if ours is None or curl is None:
             judge(bench, "within 1.2x curl's time, under 100 MB", False, "a tool's row is missing")
             continue
@@ -432,19 +438,17 @@ def targets(rows: list[dict[str, Any]], big: str) -> list[dict[str, Any]]:
             judge(bench, "at most aria2c's time", ratio <= 1.0, f"{ratio:.2f}")
         else:
             judge(bench, "none (shown beside the target)", None, f"{ratio:.2f}")
-    for bench in _benches(rows, "B4"):
-        r = rows[[x["bench"] for x in rows].index(bench)]
+    for r in _of(rows, "B4"):  # fastio-dl's rows only
         judge(
-            bench,
+            r["bench"],
             "under 5 s, no read token",
             r["wall_s"] < 5 and r.get("tokens_minted") == 0,
             f"{r['wall_s']:.2f} s, {r.get('api_calls')} API calls, "
             f"{r.get('tokens_minted')} read tokens",
         )
-    for bench in _benches(rows, "B5"):
-        r = rows[[x["bench"] for x in rows].index(bench)]
+    for r in _of(rows, "B5"):  # fastio-dl's rows only
         judge(
-            bench,
+            r["bench"],
             "under 60 s and 400 MB",
             r["wall_s"] < 60 and r["peak_mb"] < 400 and r.get("exit") == 0,
             f"{r['wall_s']:.2f} s, {r['peak_mb']:.0f} MB, exit {r.get('exit')}",
