@@ -39,10 +39,11 @@ from fastio_dl.config import (
 from fastio_dl.errors import ExitCode, FastioDlError, UsageError, missing_token_error, redact
 from fastio_dl.events import Fanout, Recorder, Reporter
 from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
-from fastio_dl.planner import Target
+from fastio_dl.models import Outcome, Target
+from fastio_dl.policy import LocalPolicy
 from fastio_dl.refs import parse_ref
 from fastio_dl.reporting import PROGRESS_MODES, make_reporter
-from fastio_dl.transfer import Engine, LocalPolicy, Outcome
+from fastio_dl.transfer import Engine
 
 T = TypeVar("T")
 
@@ -593,14 +594,9 @@ def sync(
 ) -> None:
     """Bring DEST up to date with a manifest: only new or changed files move."""
     values = dict(locals())
+    from fastio_dl.policy import SyncPolicy
     from fastio_dl.state import State
-    from fastio_dl.sync import (
-        SyncPolicy,
-        destination_lock,
-        finish_sync,
-        state_path,
-        write_failed_manifest,
-    )
+    from fastio_dl.sync import destination_lock, finish_sync, state_path, write_failed_manifest
 
     def body() -> int:
         settings = transfer_settings(values)

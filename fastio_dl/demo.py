@@ -19,9 +19,8 @@ from fastio_dl.emulator import (
     build,
 )
 from fastio_dl.events import Reporter
-from fastio_dl.planner import Target
+from fastio_dl.models import Outcome, Target
 from fastio_dl.refs import parse_ref
-from fastio_dl.transfer import Outcome
 
 DEMO_BANDWIDTH = 6 * 1024 * 1024  # per connection: slow enough to watch the panel
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from fastio_dl.client import FastioClient
 from fastio_dl.errors import TransferError
+from fastio_dl.names import safe_name
 from fastio_dl.refs import Ref
-from fastio_dl.storage import safe_name
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fastio_dl.errors import UsageError
-from fastio_dl.planner import Target
+from fastio_dl.models import STATE_DIR, Target
 from fastio_dl.refs import parse_ref
-from fastio_dl.transfer import STATE_DIR
 
 _SPLIT = re.compile(r"\s+")
 

@@ -14,60 +14,12 @@ from typing import Any
 
 from fastio_dl.client import BULK_DETAILS_MAX, FastioClient
 from fastio_dl.errors import AuthError, FastioDlError
-from fastio_dl.refs import Ref
-from fastio_dl.storage import safe_name, safe_relpath
+from fastio_dl.models import PlanEntry, PlanFailure, PlanItem, PlanSkip, RemoteFile, Target
+from fastio_dl.names import safe_name, safe_relpath
 
 LIST_CONCURRENCY = 4
 HEAD_START = 32  # the run's first files are handed on one by one as they are planned
 DETAILS_CONCURRENCY = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One thing to fetch: a reference and, optionally, where it goes (manifest ``DEST``)."""
-
-    ref: Ref
-    dest: Path | None = None  # relative; for a file the file path, for a folder the directory
-    line: int | None = None  # manifest line, for --failed-manifest and messages
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteFile:
-    context: str
-    context_id: str
-    node_id: str
-    name: str
-    size: int
-    hash: str | None
-    hash_algo: str | None
-    version: str | None
-
-
-@dataclass(slots=True)
-class PlanItem:
-    target: Target
-    remote: RemoteFile
-    relpath: Path
-    key: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PlanSkip:
-    target: Target
-    node_id: str
-    relpath: Path
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PlanFailure:
-    target: Target
-    node_id: str
-    relpath: Path | None
-    error: str
-
-
-PlanEntry = PlanItem | PlanSkip | PlanFailure
 
 
 def _norm(node_id: str) -> str:

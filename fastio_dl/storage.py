@@ -1,4 +1,4 @@
-"""Local side: safe paths, ``.part`` files with a resume sidecar, verification, atomic rename.
+"""Local side: ``.part`` files with a resume sidecar, verification, atomic rename.
 
 A final file name only ever appears through :meth:`PartFile.commit`, after the size and hash
 check passed and the bytes were fsynced; until then the bytes live in ``NAME.part``.
@@ -14,85 +14,18 @@ import json
 import os
 import shutil
 import time
-import unicodedata
 from collections.abc import Awaitable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NewType
+from typing import Any
 
 from fastio_dl.blockio import FADV_DONTNEED, DirectFile, PieceBuffer, StreamWriter, in_thread
-from fastio_dl.errors import DiskSpaceError, IntegrityError, TransferError, WriteError, human_bytes
+from fastio_dl.errors import DiskSpaceError, IntegrityError, WriteError, human_bytes
+from fastio_dl.models import PART_SUFFIX, SIDECAR_SUFFIX
 
-PART_SUFFIX = ".part"
-SIDECAR_SUFFIX = ".part.json"
-# Room for ".part.json" after the longest name we produce, under the usual 255-byte limit.
-MAX_NAME_BYTES = 255 - len(SIDECAR_SUFFIX)
 DISK_MARGIN = 1024 * 1024
 HASH_BLOCK = 1024 * 1024
 KNOWN_ALGOS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
-_WINDOWS_RESERVED = frozenset(
-    {"con", "prn", "aux", "nul"}
-    | {f"com{i}" for i in range(1, 10)}
-    | {f"lpt{i}" for i in range(1, 10)}
-)
-
-_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
-
-#: One path component that the sanitiser produced: no separators, no "..", no control bytes.
-SafeName = NewType("SafeName", str)
-
-
-def safe_name(name: str) -> SafeName:
-    """Map any remote name to a deterministic local name that cannot leave its directory."""
-    value = unicodedata.normalize("NFC", name)
-    value = "".join("_" if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in value)
-    # Trailing dots and spaces vanish on Windows and make two names one; leading/trailing
-    # whitespace is invisible in listings.
-    if os.name == "nt":
-        value = "".join("_" if ch in _WINDOWS_FORBIDDEN else ch for ch in value)
-    elif len(value) >= 2 and value[1] == ":" and value[0].isascii() and value[0].isalpha():
-        # "C:x" is drive-relative on Windows; keep such a tree portable.
-        value = value[0] + "_" + value[2:]
-    stripped = value.strip().rstrip(". ")
-    # "", ".", ".." and the like would name the directory itself or its parent.
-    value = stripped or "_" * max(1, len(value))
-    stem = value.split(".", 1)[0].lower()
-    if stem in _WINDOWS_RESERVED:
-        value = "_" + value
-    if value != name or len(value.encode("utf-8")) > MAX_NAME_BYTES:
-        value = _fit(value, name)
-    return SafeName(value)
-
-
-def _fit(value: str, original: str) -> str:
-    raw = value.encode("utf-8")
-    if len(raw) <= MAX_NAME_BYTES:
-        return value
-    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-    root, dot, ext = value.rpartition(".")
-    if not dot or len(ext.encode()) > 16:
-        root, ext = value, ""
-    tail = f"~{digest}" + (f".{ext}" if ext else "")
-    budget = MAX_NAME_BYTES - len(tail.encode())
-    head = root.encode("utf-8")[:budget].decode("utf-8", "ignore")
-    return head + tail
-
-
-def safe_relpath(parts: list[str]) -> Path:
-    """Join sanitised components into a relative path (each one via :func:`safe_name`)."""
-    return Path(*[safe_name(p) for p in parts]) if parts else Path()
-
-
-def ensure_inside(dest: Path, path: Path) -> Path:
-    """Refuse a path that resolves (through symlinks) outside ``dest``."""
-    root = dest.resolve()
-    resolved = path.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise TransferError(
-            f"refusing to write {path}: it resolves outside the destination {root}",
-            "remove the symlink that points outside the destination",
-        )
-    return path
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -226,24 +159,6 @@ def _write_error(path: Path, exc: OSError) -> WriteError:
     if exc.errno == errno.ENOSPC:
         return WriteError(f"disk full while writing {path.name}", "free some space, then run again")
     return WriteError(f"cannot write {path}: {exc.strerror or exc}")
-
-
-class PathGuard:
-    """:func:`ensure_inside` with the directory checks cached (resolving costs a syscall per
-    path component, per file, otherwise)."""
-
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
-        self._checked: set[str] = set()
-
-    def check(self, path: Path) -> Path:
-        # The file itself is never written through: parts are opened with O_NOFOLLOW and the
-        # final name is only ever the target of a rename, which replaces a link, not its target.
-        parent = str(path.parent)
-        if parent not in self._checked:
-            ensure_inside(self.dest, path.parent)
-            self._checked.add(parent)
-        return path
 
 
 def _open_nofollow(path: str, flags: int) -> int:

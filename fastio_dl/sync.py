@@ -16,10 +16,9 @@ from pathlib import Path
 
 from fastio_dl.errors import LockedError, human_bytes
 from fastio_dl.events import FileFinished
-from fastio_dl.planner import PlanItem, Target
-from fastio_dl.state import Record, State, local_matches_record
-from fastio_dl.storage import EmptyAtStart, matches_local
-from fastio_dl.transfer import STATE_DIR, Decision, in_shard
+from fastio_dl.models import STATE_DIR, Target
+from fastio_dl.policy import in_shard
+from fastio_dl.state import State, local_matches_record
 
 LOCK_NAME = "lock"
 STATE_NAME = "state.db"
@@ -28,53 +27,6 @@ LOCK_POLL = 0.2
 
 def state_path(dest: Path) -> Path:
     return dest / STATE_DIR / STATE_NAME
-
-
-class SyncPolicy:
-    """Skip what the state says is current; adopt identical untracked files; record writes."""
-
-    def __init__(self, state: State, *, dry_run: bool) -> None:
-        self.state = state
-        self.dry_run = dry_run
-        self.local = EmptyAtStart()  # what was on disk before this run
-
-    async def decide(self, item: PlanItem, final: Path) -> Decision:
-        remote = item.remote
-        key = item.relpath.as_posix()
-        record = self.state.get(key)
-        if (
-            record is not None
-            and (record.node_id, record.version, record.hash, record.size)
-            == (remote.node_id, remote.version, remote.hash, remote.size)
-            and local_matches_record(final, record)
-        ):
-            return Decision(skip_reason="up to date")
-        if self.local.exists(final):
-            if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
-                if self.dry_run:
-                    return Decision(skip_reason="dry run: would adopt (identical local file)")
-                await self.record(item, final)
-                return Decision(skip_reason="adopted (identical local file)")
-            return Decision(replace=True)
-        return Decision()
-
-    async def record(self, item: PlanItem, final: Path) -> None:
-        stat = os.stat(final)
-        remote = item.remote
-        self.state.put(
-            Record(
-                path=item.relpath.as_posix(),
-                node_id=remote.node_id,
-                context=remote.context,
-                context_id=remote.context_id,
-                version=remote.version,
-                hash=remote.hash,
-                hash_algo=remote.hash_algo,
-                size=remote.size,
-                local_size=stat.st_size,
-                local_mtime_ns=stat.st_mtime_ns,
-            )
-        )
 
 
 @dataclass

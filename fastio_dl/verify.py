@@ -10,10 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastio_dl.client import FastioClient
-from fastio_dl.planner import PlanEntry, PlanFailure, PlanItem, Planner, Target
+from fastio_dl.models import (
+    PART_SUFFIX,
+    SIDECAR_SUFFIX,
+    STATE_DIR,
+    PlanEntry,
+    PlanFailure,
+    PlanItem,
+    Target,
+)
+from fastio_dl.planner import Planner
 from fastio_dl.state import State
-from fastio_dl.storage import KNOWN_ALGOS, PART_SUFFIX, SIDECAR_SUFFIX, hash_file
-from fastio_dl.transfer import STATE_DIR
+from fastio_dl.storage import KNOWN_ALGOS, hash_file
 
 HASH_THREADS = 4
 

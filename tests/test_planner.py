@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from fastio_dl.planner import PlanItem, Planner, Target
+from fastio_dl.models import PlanItem, Target
+from fastio_dl.planner import Planner
 from fastio_dl.refs import parse_ref
 
 

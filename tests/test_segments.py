@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fastio_dl import transfer
+from fastio_dl import segments
 from fastio_dl.blockio import PieceBuffer
 from fastio_dl.emulator import Fault, SeededBlob
-from fastio_dl.transfer import split_segments
+from fastio_dl.segments import split_segments
 from tests.conftest import Served
 
 SIZE = 6_000_001
@@ -35,8 +35,8 @@ def read_ranges(served: Served) -> list[str | None]:
 
 
 def test_split_and_prefix() -> None:
-    segments = split_segments(10, 3, None)
-    assert segments == [[0, 2, 0], [3, 5, 0], [6, 9, 0]]
+    pieces = split_segments(10, 3, None)
+    assert pieces == [[0, 2, 0], [3, 5, 0], [6, 9, 0]]
     assert split_segments(10, 3, [[0, 9, 5]]) == [[0, 2, 3], [3, 5, 2], [6, 9, 0]]
     # Pieces are kept small enough for memory (4 connections: 8 MiB), with a ramp of 2, 4 and
     # 6 MiB pieces at each end; a saved larger piece is cut again, its done bytes a prefix.
@@ -79,7 +79,7 @@ def test_equal_connections_spread_and_finish_together(size: int, count: int) -> 
     assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(pieces))
     lengths = [end - start + 1 for start, end, _ in pieces]
     assert all(length % 4096 == 0 for length in lengths[:-1])  # whole blocks: O_DIRECT
-    assert max(lengths) <= max(transfer.SEGMENT_BLOCK, transfer.SEGMENT_MEMORY // (count + 1))
+    assert max(lengths) <= max(segments.SEGMENT_BLOCK, segments.SEGMENT_MEMORY // (count + 1))
     ends = finish_times(pieces, count)
     # Every connection is busy to the end: all finish within a few blocks of each other...
     last = [max(at for at, conn in ends if conn == c) for c in range(count)]
@@ -224,9 +224,9 @@ def test_a_fast_single_connection_goes_on_as_one_stream(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Thresholds scaled down so that the loopback emulator counts as a fast link.
-    monkeypatch.setattr(transfer, "PROBE_MIN", 1)
-    monkeypatch.setattr(transfer, "FAST_LINK", 1)
-    monkeypatch.setattr(transfer, "PROBE_SECONDS", 0.05)
+    monkeypatch.setattr(segments, "PROBE_MIN", 1)
+    monkeypatch.setattr(segments, "FAST_LINK", 1)
+    monkeypatch.setattr(segments, "PROBE_SECONDS", 0.05)
     # Four equal 3 MB pieces (a file this small gets no ramp of smaller first pieces), and
     # about 1.3 MB in the probe: the first connection is stopped part-way through its piece.
     size = 12_000_000
@@ -256,10 +256,10 @@ def test_the_probe_times_a_link_from_its_response(
 ) -> None:
     """The server takes 200 ms to answer, then sends: the wait is not the link's speed.
     Timed from the request, the probe would have seen no bytes in its 150 ms and split."""
-    monkeypatch.setattr(transfer, "PROBE_MIN", 1)
-    monkeypatch.setattr(transfer, "FAST_LINK", 1)  # any bytes in the window count as fast
-    monkeypatch.setattr(transfer, "PROBE_WAIT", 2.0)
-    monkeypatch.setattr(transfer, "PROBE_SECONDS", 0.15)
+    monkeypatch.setattr(segments, "PROBE_MIN", 1)
+    monkeypatch.setattr(segments, "FAST_LINK", 1)  # any bytes in the window count as fast
+    monkeypatch.setattr(segments, "PROBE_WAIT", 2.0)
+    monkeypatch.setattr(segments, "PROBE_SECONDS", 0.15)
     size = 12_000_000  # four 3 MB pieces; about 1.5 MB comes in the window
     node = add_big(served, size)
     served.emulator.switches.latency = 0.2
@@ -280,8 +280,8 @@ def test_a_slow_answer_is_not_waited_for(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A response slower than PROBE_WAIT: the other connections join without it."""
-    monkeypatch.setattr(transfer, "PROBE_MIN", 1)
-    monkeypatch.setattr(transfer, "FAST_LINK", 1)
+    monkeypatch.setattr(segments, "PROBE_MIN", 1)
+    monkeypatch.setattr(segments, "FAST_LINK", 1)
     size = 12_000_000
     node = add_big(served, size)
     served.emulator.switches.latency = 0.1
@@ -297,7 +297,7 @@ def test_a_slow_answer_is_not_waited_for(
 def test_a_capped_connection_keeps_its_segments(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transfer, "PROBE_MIN", 1)
+    monkeypatch.setattr(segments, "PROBE_MIN", 1)
     size = 8_000_000
     node = add_big(served, size)
     served.emulator.switches.bandwidth = 4_000_000  # far below FAST_LINK per connection
@@ -349,7 +349,7 @@ def test_broken_reads_during_handovers_resume_and_verify(served: Served, tmp_pat
 
 
 async def test_the_piece_window_widens_for_a_handover_and_narrows_after() -> None:
-    window = transfer._Window(2)
+    window = segments._Window(2)
     await window.acquire()
     await window.acquire()
     third = asyncio.ensure_future(window.acquire())
@@ -382,25 +382,25 @@ async def test_a_connection_hands_over_only_for_time_that_no_bytes_move(
 ) -> None:
     started: list[int] = []
 
-    async def connection(self: transfer._SegmentedRun) -> None:
+    async def connection(self: segments._SegmentedRun) -> None:
         started.append(1)
 
-    monkeypatch.setattr(transfer._SegmentedRun, "_connection", connection)
-    run = transfer._SegmentedRun.__new__(transfer._SegmentedRun)
+    monkeypatch.setattr(segments._SegmentedRun, "_connection", connection)
+    run = segments._SegmentedRun.__new__(segments._SegmentedRun)
     run.todo = collections.deque([7])
-    run.tasks, run._window = [], transfer._Window(3)
+    run.tasks, run._window = [], segments._Window(3)
     run._probing = run._stopping = False
     run._waits = []
     for _ in range(3):
         run.heard(wait, first)
     rate = 16 * 1024 * 1024
-    flow = transfer._Flow()
-    flow.began = time.monotonic() - 0.2 - transfer.BURST
+    flow = segments._Flow()
+    flow.began = time.monotonic() - 0.2 - segments.BURST
     flow.got = int(rate * 0.2)
     piece = PieceBuffer(0, 4_000_000)
     try:
         piece.got = piece.length - left
-        lane = transfer._Lane()
+        lane = segments._Lane()
         run.hand_off_near_end(lane, piece, flow)
         await asyncio.gather(*run.tasks)
     finally:

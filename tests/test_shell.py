@@ -20,7 +20,7 @@ from fastio_dl import __version__
 from fastio_dl.cli import app
 from fastio_dl.emulator import DEFAULT_TOKEN, DatasetSpec, SeededBlob
 from fastio_dl.errors import ExitCode
-from fastio_dl.transfer import in_shard
+from fastio_dl.policy import in_shard
 from tests.conftest import Served, tree_digests
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastio_dl.errors import TransferError
-from fastio_dl.storage import MAX_NAME_BYTES, ensure_inside, safe_name, safe_relpath
+from fastio_dl.names import MAX_NAME_BYTES, ensure_inside, safe_name, safe_relpath
 
 
 @pytest.mark.parametrize(

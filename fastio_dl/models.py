@@ -1,0 +1,85 @@
+"""The data types shared by the layers: targets, remote files, plan entries, a run's outcome.
+
+Plain dataclasses and constants only: parsing a manifest or reading the sync state must not
+import the network or the terminal (a test checks that this module imports neither aiohttp,
+typer nor rich).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastio_dl.errors import FastioDlError
+from fastio_dl.refs import Ref
+
+STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
+PART_SUFFIX = ".part"
+SIDECAR_SUFFIX = ".part.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One thing to fetch: a reference and, optionally, where it goes (manifest ``DEST``)."""
+
+    ref: Ref
+    dest: Path | None = None  # relative; for a file the file path, for a folder the directory
+    line: int | None = None  # manifest line, for --failed-manifest and messages
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    context: str
+    context_id: str
+    node_id: str
+    name: str
+    size: int
+    hash: str | None
+    hash_algo: str | None
+    version: str | None
+
+
+@dataclass(slots=True)
+class PlanItem:
+    """A file to download: what it is remotely and where it goes (relative to the destination);
+    ``key`` tells its events apart (numbered by the planner)."""
+
+    target: Target
+    remote: RemoteFile
+    relpath: Path
+    key: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSkip:
+    target: Target
+    node_id: str
+    relpath: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanFailure:
+    target: Target
+    node_id: str
+    relpath: Path | None
+    error: str
+
+
+PlanEntry = PlanItem | PlanSkip | PlanFailure
+
+
+@dataclass
+class Outcome:
+    """What a run did: counts, and what the command needs to pick its exit code."""
+
+    downloaded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bytes: int = 0
+    fatal: FastioDlError | None = None
+    interrupted: bool = False
+    failed_targets: list[Target] = field(default_factory=list)
+    plan_failures: int = 0  # references or folders that could not be resolved completely
+    planned_paths: set[str] = field(default_factory=set)  # every local path this run claimed
+    signal: int | None = None  # the signal that interrupted the run

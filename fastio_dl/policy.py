@@ -1,0 +1,108 @@
+"""What the local side decides before a download and records after it.
+
+``get`` skips a local file with the same size and hash; ``sync`` trusts its state database and a
+``stat``, adopts identical untracked files and records what it wrote. ``--shard`` picks the
+files this host handles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from fastio_dl.models import PlanItem
+from fastio_dl.state import Record, State, local_matches_record
+from fastio_dl.storage import EmptyAtStart, matches_local
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the local side says about a planned file before any byte moves."""
+
+    skip_reason: str | None = None  # set: nothing to download
+    replace: bool = False  # a different local file will be replaced
+
+
+class LocalPolicy(Protocol):
+    """Decides skips before download and records results after (``get`` and ``sync`` differ)."""
+
+    async def decide(self, item: PlanItem, final: Path) -> Decision: ...
+
+    async def record(self, item: PlanItem, final: Path) -> None: ...
+
+
+class GetPolicy:
+    """``get``: skip a local file with the same size and hash; otherwise replace (or keep)."""
+
+    def __init__(self, no_clobber: bool) -> None:
+        self.no_clobber = no_clobber
+        self.local = EmptyAtStart()  # what was on disk before this run
+
+    async def decide(self, item: PlanItem, final: Path) -> Decision:
+        if not self.local.exists(final):
+            return Decision()
+        remote = item.remote
+        if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
+            return Decision(skip_reason="already present and verified")
+        if self.no_clobber:
+            return Decision(skip_reason="a different local file exists (kept: --no-clobber)")
+        return Decision(replace=True)
+
+    async def record(self, item: PlanItem, final: Path) -> None:
+        return None
+
+
+class SyncPolicy:
+    """Skip what the state says is current; adopt identical untracked files; record writes."""
+
+    def __init__(self, state: State, *, dry_run: bool) -> None:
+        self.state = state
+        self.dry_run = dry_run
+        self.local = EmptyAtStart()  # what was on disk before this run
+
+    async def decide(self, item: PlanItem, final: Path) -> Decision:
+        remote = item.remote
+        key = item.relpath.as_posix()
+        record = self.state.get(key)
+        if (
+            record is not None
+            and (record.node_id, record.version, record.hash, record.size)
+            == (remote.node_id, remote.version, remote.hash, remote.size)
+            and local_matches_record(final, record)
+        ):
+            return Decision(skip_reason="up to date")
+        if self.local.exists(final):
+            if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
+                if self.dry_run:
+                    return Decision(skip_reason="dry run: would adopt (identical local file)")
+                await self.record(item, final)
+                return Decision(skip_reason="adopted (identical local file)")
+            return Decision(replace=True)
+        return Decision()
+
+    async def record(self, item: PlanItem, final: Path) -> None:
+        stat = os.stat(final)
+        remote = item.remote
+        self.state.put(
+            Record(
+                path=item.relpath.as_posix(),
+                node_id=remote.node_id,
+                context=remote.context,
+                context_id=remote.context_id,
+                version=remote.version,
+                hash=remote.hash,
+                hash_algo=remote.hash_algo,
+                size=remote.size,
+                local_size=stat.st_size,
+                local_mtime_ns=stat.st_mtime_ns,
+            )
+        )
+
+
+def in_shard(node_id: str, shard: tuple[int, int]) -> bool:
+    """``--shard K/N``: a stable split by node id, the same on every host and every run."""
+    index, count = shard
+    return int(hashlib.sha256(node_id.encode()).hexdigest()[:16], 16) % count == index
