@@ -1,24 +1,23 @@
-"""The Typer CLI: parse arguments, build settings, call ``asyncio.run`` once, map the exit code.
+"""The Typer CLI: parse arguments, build settings, run the event loop once, map the exit code.
 
-The only module that imports typer and calls ``asyncio.run``. Every option also reads
-``FASTIO_DL_<OPTION>`` from the environment and a key of the config file; precedence is
-flag > environment > config file > default (Click's own order for envvar and default_map).
+The only module that imports typer (the event loop starts in :mod:`fastio_dl.process`). Every
+option also reads ``FASTIO_DL_<OPTION>`` from the environment and a key of the config file;
+precedence is flag > environment > config file > default (Click's own order for envvar and
+default_map).
 """
 
 # No ``from __future__ import annotations`` here: typer reads every command's annotations on
 # every run (typing.get_type_hints), and as strings each one costs an eval (~3 ms at start-up).
 import asyncio
-import gc
 import json
 import os
 import signal
 import sys
 import tempfile
-import threading
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TextIO, TypeVar, cast
+from typing import Annotated, Any, NoReturn, TextIO, cast
 
 import typer
 
@@ -34,18 +33,16 @@ from fastio_dl.config import (
     load_config_file,
     load_settings,
     option_env,
-    uvloop_wanted,
 )
 from fastio_dl.errors import ExitCode, FastioDlError, UsageError, missing_token_error, redact
 from fastio_dl.events import Fanout, Recorder, Reporter
 from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
 from fastio_dl.models import Outcome, Target
 from fastio_dl.policy import LocalPolicy
+from fastio_dl.process import leave_now, run_async
 from fastio_dl.refs import parse_ref
 from fastio_dl.reporting import PROGRESS_MODES, make_reporter
 from fastio_dl.transfer import Engine
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="fastio-dl",
@@ -380,17 +377,6 @@ def _output_closed() -> None:
         stop()
 
 
-def run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    """The one place that starts an event loop (uvloop when installed)."""
-    _tune_malloc()
-    # Everything imported so far lives for the whole run: keep it out of the collector's scans
-    # (full collections over typer/pydantic/aiohttp objects showed up in B2 profiles).
-    gc.freeze()
-    loop_factory = _loop_factory()
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(factory())  # type: ignore[arg-type]
-
-
 def run_engine(
     settings: Settings,
     targets: list[Target],
@@ -444,39 +430,6 @@ def run_engine(
         outcome.interrupted = True
         outcome.signal = received[0]
     return outcome
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where installed. Measured with tests.benchmarks: B1's event loop spends about 10%
-    less CPU (0.73 against 0.80 s), B2 takes about 4% less wall time (0.88 against 0.92 s)."""
-    if not uvloop_wanted():
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _tune_malloc() -> None:
-    """Keep freed receive buffers in the heap instead of returning them to the OS.
-
-    Bodies arrive as ~256 KiB bytes objects; glibc would mmap/munmap or trim the heap for each
-    batch, and re-faulting fresh pages cost up to 40% of wall time on 1 GiB downloads (measured
-    with tests.benchmarks B2). Bounded: at most 32 MiB of free heap is kept.
-    """
-    if sys.platform != "linux":
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-        libc.mallopt(m_arena_max, 2)  # writer threads need no heaps of their own
-        libc.mallopt(m_mmap_threshold, 16 * 1024 * 1024)
-        libc.mallopt(m_trim_threshold, 32 * 1024 * 1024)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
 
 
 def exit_code_of(outcome: Outcome) -> int:
@@ -882,27 +835,8 @@ def entrypoint() -> None:
     try:
         app()
     except SystemExit as exc:
-        _leave_now(exc.code)
+        leave_now(exc.code)
         raise
-
-
-def _leave_now(code: object) -> None:
-    """End the process at once when the command is over and nothing else runs.
-
-    The interpreter's own teardown (freeing every module and object) took about 20 ms of every
-    run (tests.benchmarks B3), and there is nothing left for it to do: the command has closed
-    every file it wrote and the engine's threads are gone; the standard streams are flushed
-    here. Any doubt (another thread alive, a code that is not a number, a flush that fails)
-    leaves the normal way.
-    """
-    if not (code is None or isinstance(code, int)) or threading.active_count() > 1:
-        return
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        return
-    os._exit(code or 0)
 
 
 if __name__ == "__main__":
