@@ -8,10 +8,13 @@ hash and size match the record and the local file still has the recorded size an
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -46,9 +49,13 @@ class Record:
 
 class State:
     def __init__(self, path: Path) -> None:
+        # Imported here: ``get`` loads the sync policy's module but never opens a state database,
+        # and sqlite3 would cost every run's start-up.
+        import sqlite3
+
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.db: sqlite3.Connection = sqlite3.connect(path, isolation_level=None, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(SCHEMA)
