@@ -8,6 +8,10 @@ The ready queue holds at most ``concurrency`` entries, so read tokens (``--read-
 are minted shortly before use and API round trips overlap the transfers instead of stealing
 their slots. Download workers are twice ``concurrency``; only the network part of a transfer
 holds one of the ``concurrency`` slots, so verifying and writing overlap the next read.
+
+This module is the pipeline only: one file's bytes move in :mod:`fastio_dl.fetch` (one stream)
+or :mod:`fastio_dl.segments` (several ranged connections), what to skip is decided in
+:mod:`fastio_dl.policy`.
 """
 
 from __future__ import annotations
