@@ -35,7 +35,7 @@ from fastio_dl.config import (
     option_env,
 )
 from fastio_dl.errors import ExitCode, FastioDlError, UsageError, missing_token_error, redact
-from fastio_dl.events import Fanout, Recorder, Reporter
+from fastio_dl.events import Fanout, Notice, Recorder, Reporter
 from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
 from fastio_dl.models import Outcome, Target
 from fastio_dl.policy import LocalPolicy
@@ -111,6 +111,15 @@ ApiBaseOpt = Annotated[
     typer.Option(
         "--api-base",
         help="API base URL (else FASTIO_DL_API_BASE, FASTIO_API_BASE, config).",
+        show_default=False,
+    ),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help="Official Fast.io CLI profile for the stored login and api_base "
+        "(else FASTIO_PROFILE, config, config.json's default_profile, default).",
         show_default=False,
     ),
 ]
@@ -317,6 +326,7 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
     """Settings from a command's parameters (their names match across get and sync)."""
     flags = {
         "token": values.get("token"),
+        "profile": values.get("profile"),
         "api_base": values.get("api_base"),
         "ca_bundle": values.get("ca_bundle"),
         "dest": values["dest"],
@@ -393,6 +403,7 @@ def run_engine(
     async def go() -> Outcome:
         connections = settings.concurrency * max(2, settings.segments) + 8
         async with FastioClient.open(settings, max_connections=connections) as client:
+            _pass_warnings(client, reporter)
             engine = Engine(settings, client, reporter, policy, dry_run=dry_run)
             loop = asyncio.get_running_loop()
 
@@ -418,6 +429,7 @@ def run_engine(
             try:
                 return await engine.run(targets)
             finally:
+                _pass_warnings(client, reporter)
                 _ON_OUTPUT_CLOSED.remove(on_output_closed)
                 for signum in installed:
                     loop.remove_signal_handler(signum)
@@ -430,6 +442,17 @@ def run_engine(
         outcome.interrupted = True
         outcome.signal = received[0]
     return outcome
+
+
+def _pass_warnings(client: FastioClient, reporter: Reporter) -> None:
+    """The client's warnings (a renewed login it could not store) as notices, once each."""
+    while client.warnings:
+        reporter.emit(Notice("warning", client.warnings.pop(0)))
+
+
+def _echo_warnings(client: FastioClient) -> None:
+    while client.warnings:
+        typer.echo(f"fastio-dl: warning: {client.warnings.pop(0)}", err=True)
 
 
 def exit_code_of(outcome: Outcome) -> int:
@@ -469,6 +492,7 @@ def get(
     quiet: QuietOpt = False,
     no_clobber: NoClobberOpt = False,
     token: TokenOpt = None,
+    profile: ProfileOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
     read_mode: ReadModeOpt = "auto",
@@ -535,6 +559,7 @@ def sync(
         bool, _opt("--allow-empty", help="Accept a manifest with no lines.")
     ] = False,
     token: TokenOpt = None,
+    profile: ProfileOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
     read_mode: ReadModeOpt = "auto",
@@ -613,6 +638,7 @@ def list_command(
     workspace: WorkspaceOpt = None,
     share: ShareOpt = None,
     token: TokenOpt = None,
+    profile: ProfileOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
     debug: DebugOpt = False,
@@ -623,11 +649,16 @@ def list_command(
 
     def body() -> int:
         parsed = parse_ref(ref, workspace=workspace, share=share)
-        settings = _api_settings(token, api_base, ca_bundle, debug)
+        settings = _api_settings(token, api_base, ca_bundle, debug, profile)
 
         async def collect() -> list[Entry]:
             async with FastioClient.open(settings, max_connections=4) as client:
-                return [entry async for entry in list_entries(client, parsed, recursive=recursive)]
+                try:
+                    return [
+                        entry async for entry in list_entries(client, parsed, recursive=recursive)
+                    ]
+                finally:
+                    _echo_warnings(client)
 
         entries = run_async(collect)
         for entry in entries:
@@ -661,10 +692,20 @@ _LS_HEADER = ("TYPE", "SIZE", "MODIFIED", "ID", "PATH")
 
 
 def _api_settings(
-    token: str | None, api_base: str | None, ca_bundle: Path | None, debug: bool
+    token: str | None,
+    api_base: str | None,
+    ca_bundle: Path | None,
+    debug: bool,
+    profile: str | None = None,
 ) -> Settings:
     settings = load_settings(
-        {"token": token, "api_base": api_base, "ca_bundle": ca_bundle, "debug": debug},
+        {
+            "token": token,
+            "profile": profile,
+            "api_base": api_base,
+            "ca_bundle": ca_bundle,
+            "debug": debug,
+        },
         file_values=_CONFIG["file"].low_precedence_values(),
     )
     if settings.token is None:
@@ -690,6 +731,7 @@ def verify(
     workspace: WorkspaceOpt = None,
     share: ShareOpt = None,
     token: TokenOpt = None,
+    profile: ProfileOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
     debug: DebugOpt = False,
@@ -706,11 +748,14 @@ def verify(
         if manifest is not None:
             text, name = read_manifest(manifest)
             parsed = parse_manifest(text, name, workspace=workspace, share=share)
-            settings = _api_settings(token, api_base, ca_bundle, debug)
+            settings = _api_settings(token, api_base, ca_bundle, debug, profile)
 
             async def resolve() -> tuple[dict[str, Any], list[str]]:
                 async with FastioClient.open(settings, max_connections=8) as client:
-                    return await expected_from_targets(client, parsed.targets)
+                    try:
+                        return await expected_from_targets(client, parsed.targets)
+                    finally:
+                        _echo_warnings(client)
 
             expected, unresolved = run_async(resolve)
         else:
@@ -763,9 +808,12 @@ def verify(
 
 
 @config_app.command("show")
-def config_show(ctx: typer.Context) -> None:
+def config_show(ctx: typer.Context, profile: ProfileOpt = None, debug: DebugOpt = False) -> None:
     """Print each effective option value and where it came from (flag > env > file > default)."""
+    guarded(debug, lambda: _show_config(ctx, profile))
 
+
+def _show_config(ctx: typer.Context, profile: str | None) -> int:
     file = _CONFIG["file"]
     group = ctx.find_root().command
     typer.echo(
@@ -777,7 +825,7 @@ def config_show(ctx: typer.Context) -> None:
         command = group.commands[command_name]  # type: ignore[attr-defined]  # a Click group
         for param in command.params:
             longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
-            if not longs or longs[0] in seen or longs[0] in ("--help", "--token", "--api-base"):
+            if not longs or longs[0] in seen or longs[0] in _SHOWN_APART:
                 continue
             seen.add(longs[0])
             env = option_env(longs[0])
@@ -789,11 +837,23 @@ def config_show(ctx: typer.Context) -> None:
             else:
                 value, source = param.default, "default"
             typer.echo(f"{key} = {json.dumps(value, default=str)}  ({source})")
-    settings = load_settings({}, file_values=file.low_precedence_values())
+    settings = load_settings({"profile": profile}, file_values=file.low_precedence_values())
     token = settings.token
     masked = "unset" if token is None else ("****" + token[-4:] if len(token) > 8 else "****")
+    typer.echo(f"profile = {settings.sources['profile']}")
     typer.echo(f"token = {masked}  ({settings.sources['token']})")
+    login = settings.login
+    if login is not None and login.needs_refresh():
+        typer.echo(
+            "  the next run renews it (POST /oauth/token/) and stores the new one there"
+            if login.refresh_token
+            else "  it has no refresh token: run `fastio auth login`, or use an API key"
+        )
     typer.echo(f"api-base = {settings.api_base!r}  ({settings.sources['api_base']})")
+    return 0
+
+
+_SHOWN_APART = ("--help", "--token", "--api-base", "--profile", "--debug")
 
 
 # ----------------------------------------------------------------------------- demo

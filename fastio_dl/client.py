@@ -8,6 +8,7 @@ The only module of the engine that touches aiohttp. Everything it raises is a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import random
@@ -34,6 +35,14 @@ from tenacity import (
 
 from fastio_dl import __version__
 from fastio_dl.config import Settings
+from fastio_dl.credentials import (
+    OAUTH_CLIENT_ID,
+    CredentialsError,
+    Secret,
+    StoredLogin,
+    reread,
+    write_back,
+)
 from fastio_dl.errors import (
     ApiError,
     AuthError,
@@ -41,6 +50,7 @@ from fastio_dl.errors import (
     ShortReadError,
     TransferError,
     UsageError,
+    expired_login_error,
     missing_token_error,
     redact,
     register_secret,
@@ -363,6 +373,13 @@ class FastioClient:
         self._policy = RetryPolicy.from_settings(settings)
         self._secrets: set[str] = {settings.token} if settings.token else set()
         register_secret(settings.token)
+        self._login = settings.login
+        if self._login is not None and self._login.refresh_token:
+            self._secrets.add(self._login.refresh_token)
+            register_secret(self._login.refresh_token)
+        self._refresh_lock = asyncio.Lock()
+        self.refreshes = 0  # OAuth refreshes done in this run
+        self.warnings: list[str] = []  # for the CLI to show once the run is over
         self.api_calls = 0
 
     # -- lifecycle
@@ -389,7 +406,116 @@ class FastioClient:
             # Not trust_env: it re-reads ~/.netrc on every request. Proxies are resolved once.
             trust_env=False,
         ) as session:
-            yield cls(session, settings, proxy=proxy_for(settings.api_base))
+            client = cls(session, settings, proxy=proxy_for(settings.api_base))
+            await client.ensure_login()
+            yield client
+
+    # -- stored logins (the official CLI's OAuth tokens)
+    @property
+    def login(self) -> StoredLogin | None:
+        return self._login
+
+    async def ensure_login(self) -> None:
+        """Before the first call: renew a stored OAuth login that expired or nearly has."""
+        login = self._login
+        if login is None or not login.needs_refresh():
+            return
+        if login.refresh_token is None:
+            if login.is_expired():
+                raise expired_login_error(login.profile)
+            return  # a few minutes left and nothing to renew it with: use it while it lasts
+        await self.refresh_login(login.token)
+
+    async def refresh_login(self, stale: str) -> bool:
+        """Trade the stored refresh token for a new access token (``POST /oauth/token/``) and
+        write both back to the official CLI's credentials file.
+
+        ``stale`` is the token that was refused: when another task (or process) has renewed it
+        meanwhile, that renewal is used instead of a second one. False when there is no stored
+        login with a refresh token to renew.
+        """
+        async with self._refresh_lock:
+            login = self._login
+            if login is None or login.refresh_token is None:
+                return False
+            if self._token != stale:
+                return True  # renewed while this task waited for the lock
+            current = await asyncio.to_thread(reread, login)
+            if current is not None and current.token != stale and not current.needs_refresh():
+                self._adopt(current)  # another process (or the official CLI) renewed it
+                return True
+            if current is not None and current.refresh_token:
+                login = current
+            answer = await self._post_refresh(login)
+            access = answer.get("access_token")
+            if not isinstance(access, str) or not access:
+                raise expired_login_error(login.profile, "the answer held no access_token")
+            refresh = answer.get("refresh_token")
+            refresh = refresh if isinstance(refresh, str) and refresh else None
+            for secret in (access, refresh):
+                if secret:
+                    self._secrets.add(secret)
+                    register_secret(secret)
+            try:
+                lifetime = int(answer.get("expires_in"))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                lifetime = 3600  # the official CLI's logins last an hour
+            expires_at = int(time.time()) + lifetime
+            try:
+                renewed = await asyncio.to_thread(write_back, login, access, refresh, expires_at)
+            except (OSError, CredentialsError) as exc:
+                # The run goes on with the new token, but the file still holds the old ones
+                # (whose refresh token may now be spent): say so, loudly.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.warnings.append(
+                    f"renewed the login of fastio-cli profile {login.profile} but could not "
+                    f"store it in {login.path} ({reason}); run `fastio auth login` afterwards"
+                )
+                renewed = dataclasses.replace(
+                    login,
+                    token=Secret(access),
+                    refresh_token=Secret(refresh) if refresh else login.refresh_token,
+                    expires_at=expires_at,
+                )
+            self.refreshes += 1
+            self._adopt(renewed)
+            return True
+
+    def _adopt(self, login: StoredLogin) -> None:
+        self._login = login
+        self._token = login.token
+        self._secrets.add(login.token)
+        register_secret(login.token)
+
+    async def _post_refresh(self, login: StoredLogin) -> Mapping[str, Any]:
+        assert login.refresh_token is not None
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": str(login.refresh_token),
+            "client_id": OAUTH_CLIENT_ID,
+        }
+        url = f"{self._base}/oauth/token/"
+        self.api_calls += 1
+        try:
+            async with self._session.post(url, data=form, proxy=self._proxy) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AuthError(
+                f"renewing the stored login: {self.redact(_describe_network_error(exc))}",
+                "check the network and --api-base, then run again",
+            ) from exc
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        if status >= 400 or not isinstance(body, Mapping):
+            # OAuth errors say {"error": "invalid_grant", "error_description": ...}
+            described = body.get("error_description") if isinstance(body, Mapping) else None
+            text = str(described or error_text(body) or _STATUS_TEXT.get(status, "no JSON answer"))
+            raise expired_login_error(login.profile, f"HTTP {status} {self.redact(text)}")
+        # A plain OAuth answer; some builds may wrap it in the usual envelope.
+        return payload_of(body)
 
     def redact(self, text: str) -> str:
         return redact(text, frozenset(self._secrets))

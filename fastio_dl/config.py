@@ -5,12 +5,21 @@ Only this module reads ``os.environ``, and only when :func:`load_settings` is ca
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fastio_dl.credentials import (
+    CredentialsError,
+    Profile,
+    Secret,
+    StoredLogin,
+    choose_profile,
+    known_profiles,
+    load_login,
+)
 
 DEFAULT_API_BASE = "https://api.fast.io/current"
 DEFAULT_CONCURRENCY = 16
@@ -21,14 +30,8 @@ DEFAULT_BACKOFF_INITIAL = 1.0
 DEFAULT_MAX_RETRY_WAIT = 300.0
 TOKEN_ENV_VARS = ("FASTIO_DL_TOKEN", "FASTIO_TOKEN", "FASTIO_API_KEY")
 API_BASE_ENVS = ("FASTIO_DL_API_BASE", "FASTIO_API_BASE")
-OFFICIAL_CLI_CREDENTIALS = Path("fastio-cli") / "credentials.json"
 
-
-class Secret(str):
-    """A string that never shows itself in ``repr`` (settings are logged with --debug)."""
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
+__all__ = ["Secret", "Settings", "load_settings"]
 
 
 @dataclass(frozen=True)
@@ -56,40 +59,57 @@ class Settings:
     segments: int = 4  # ranged requests per large file (1: one stream)
     segment_threshold: int = 64 * 1024 * 1024
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-
-def _official_cli_token(env: dict[str, str]) -> str | None:
-    """Read the ``default`` profile of the official Fast.io CLI, when it is there."""
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
-    path = Path(base) / OFFICIAL_CLI_CREDENTIALS
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    profile = (data.get("profiles") or {}).get("default") if isinstance(data, dict) else None
-    if not isinstance(profile, dict):
-        return None
-    value = profile.get("api_key") or profile.get("token")
-    return value if isinstance(value, str) and value.strip() else None
+    #: the official CLI's stored login the token came from (refreshed and written back there)
+    login: StoredLogin | None = field(default=None, compare=False, repr=False)
+    profile: Profile | None = field(default=None, compare=False, repr=False)
 
 
 def resolve_token(
-    flag: str | None, env: dict[str, str], from_file: str | None = None
-) -> tuple[Secret | None, str]:
+    flag: str | None,
+    env: dict[str, str],
+    from_file: str | None = None,
+    profile: Profile | None = None,
+) -> tuple[Secret | None, str, StoredLogin | None]:
     """Token precedence of the official CLI: flag (or FASTIO_DL_TOKEN), FASTIO_TOKEN,
-    FASTIO_API_KEY; then our config file; then the official CLI's stored credentials."""
+    FASTIO_API_KEY; then our config file; then the active profile's stored login."""
     if flag and flag.strip():
-        return Secret(flag.strip()), "--token"
+        return Secret(flag.strip()), "--token", None
     for name in TOKEN_ENV_VARS:
         value = env.get(name, "").strip()
         if value:
-            return Secret(value), f"env {name}"
+            return Secret(value), f"env {name}", None
     if from_file and str(from_file).strip():
-        return Secret(str(from_file).strip()), "config file"
-    stored = _official_cli_token(env)
-    if stored:
-        return Secret(stored.strip()), "fastio-cli credentials (default profile)"
-    return None, "unset"
+        return Secret(str(from_file).strip()), "config file", None
+    if profile is None:
+        return None, "unset", None
+    login = _stored_login(profile)
+    if login is not None:
+        return login.token, f"fastio-cli {login.describe()}", login
+    return None, "unset", None
+
+
+def _stored_login(profile: Profile) -> StoredLogin | None:
+    from fastio_dl.errors import UsageError
+
+    try:
+        login = load_login(profile)
+    except CredentialsError as exc:
+        raise UsageError(
+            str(exc), "fix or remove the file (fastio auth login writes it again)"
+        ) from None
+    explicit = profile.source not in ("default",) and not profile.source.startswith(
+        "default_profile"
+    )
+    if login is None and explicit:
+        names = known_profiles(profile)
+        if profile.name not in names:
+            raise UsageError(
+                f"no Fast.io CLI profile {profile.name!r} ({profile.source})",
+                f"known profiles: {', '.join(names)}"
+                if names
+                else f"run `fastio auth login --profile {profile.name}`",
+            )
+    return login
 
 
 def load_settings(
@@ -102,14 +122,24 @@ def load_settings(
     ``file_values`` holds the config file's ``token``/``api-base``: they rank below the
     environment variables the official CLI uses.
     """
+    from fastio_dl.errors import UsageError
+
     environ = dict(os.environ) if env is None else env
     from_file = file_values or {}
     sources: dict[str, str] = {}
     values: dict[str, Any] = {}
-    token, sources["token"] = resolve_token(
-        flags.pop("token", None), environ, from_file.get("token")
+    profile_flag = flags.pop("profile", None)
+    try:
+        profile = choose_profile(environ, profile_flag, from_file.get("profile"))
+    except CredentialsError as exc:
+        raise UsageError(str(exc), "fix or remove the file") from None
+    token, sources["token"], login = resolve_token(
+        flags.pop("token", None), environ, from_file.get("token"), profile
     )
     values["token"] = token
+    values["login"] = login
+    values["profile"] = profile
+    sources["profile"] = f"{profile.name} ({profile.source})"
     api_base = flags.pop("api_base", None)
     if api_base:
         sources["api_base"] = "--api-base"
@@ -118,6 +148,9 @@ def load_settings(
         api_base, sources["api_base"] = environ[name].strip(), f"env {name}"
     elif from_file.get("api-base"):
         api_base, sources["api_base"] = str(from_file["api-base"]), "config file"
+    elif profile.api_base:
+        api_base = profile.api_base
+        sources["api_base"] = f"fastio-cli profile {profile.name} (config.json)"
     else:
         api_base, sources["api_base"] = DEFAULT_API_BASE, "default"
     values["api_base"] = api_base.rstrip("/")
@@ -138,7 +171,7 @@ CONFIG_ENV = "FASTIO_DL_CONFIG"
 OPTION_ENV_PREFIX = "FASTIO_DL_"
 CONFIG_NAME = "config.toml"
 #: Keys the config file may set only at low precedence (env FASTIO_TOKEN etc. must win).
-FILE_ONLY_KEYS = ("token", "api-base")
+FILE_ONLY_KEYS = ("token", "api-base", "profile")
 
 
 def uvloop_wanted(env: dict[str, str] | None = None) -> bool:
@@ -189,7 +222,7 @@ class ConfigFile:
         return key in self.commands.get(command, {}) or key in self.common
 
     def low_precedence_values(self) -> dict[str, Any]:
-        """``token``/``api-base`` from the file, for :func:`load_settings` (below the env)."""
+        """``token``/``api-base``/``profile`` from the file, for :func:`load_settings`."""
         return {key: self.common[key] for key in FILE_ONLY_KEYS if key in self.common}
 
 

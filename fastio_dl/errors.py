@@ -66,8 +66,17 @@ def missing_token_error() -> AuthError:
     """The one message for a run without any API token."""
     return AuthError(
         "no API token",
-        "pass --token, or set FASTIO_TOKEN or FASTIO_API_KEY (create an API key in the Fast.io "
-        "web app under Settings)",
+        "pass --token, set FASTIO_TOKEN or FASTIO_API_KEY (create an API key in the Fast.io "
+        "web app under Settings), or log in with `fastio auth login` (the official CLI)",
+    )
+
+
+def expired_login_error(profile: str, why: str | None = None) -> AuthError:
+    """A stored OAuth login that is over and cannot be renewed here."""
+    what = f"the stored login expired (fastio-cli profile {profile})"
+    return AuthError(
+        what + (f"; refreshing it failed: {why}" if why else ""),
+        "run `fastio auth login`, or use an API key (--token, FASTIO_TOKEN or FASTIO_API_KEY)",
     )
 
 

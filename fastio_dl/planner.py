@@ -66,6 +66,12 @@ class Planner:
     async def run(self, targets: list[Target]) -> None:
         """Plan every target, then put ``None`` to say the plan is complete."""
         try:
+            later = [t for t in targets if t.ref.version or t.ref.context == "fileshare"]
+            for target in later:
+                await self._emit(
+                    PlanFailure(target, target.ref.node, None, "versions and File Shares: not yet")
+                )
+            targets = [t for t in targets if t not in later]
             roots = [t for t in targets if t.ref.node in ("root", "trash")]
             by_context: dict[tuple[str, str], list[Target]] = {}
             for target in targets:

@@ -7,19 +7,28 @@ Accepted forms (the same grammar in arguments and manifests):
 * web URLs: ``https://ORG.fast.io/workspace/WS/storage/FOLDER``,
   ``https://ORG.fast.io/workspace/WS/preview/FILE``, ``https://go.fast.io/shared/NAME[/SLUG]``,
   ``https://go.fast.io/shared/NAME/SLUG/preview/FILE``
-* API URLs: ``.../current/{workspace|share}/ID/storage/NODE/...`` (also ``/v1.0/``)
+* the web app's other links: ``https://ORG.fast.io/workspace/WS/share/NAME`` (a share opened
+  from its workspace: the share's root) and ``...?note=ID`` (that note); ``?chat=ID`` and any
+  path this module does not know are refused, never widened to the whole workspace
+* API URLs: ``.../current/{workspace|share}/ID/storage/NODE/...`` (also ``/v1.0/``) and
+  ``.../current/fileshare/ID/...``
+* ``fileshare:ID``: a File Share (a link to one file)
+* any of these followed by ``@VERSION``: that version of a file (ids from ``ls --versions``)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from fastio_dl.errors import UsageError
 
-Context = Literal["workspace", "share"]
+Context = Literal["workspace", "share", "fileshare"]
+#: The node of a File Share reference: the API addresses the shared file through the share.
+FILESHARE_NODE = "file"
 
 # Node ids are opaque: 29-30 alphanumerics in the wild. We accept a slightly wider band so that a
 # future id length does not lock users out, but reject anything that is clearly not an id.
@@ -30,6 +39,8 @@ _NUMERIC_PREFIX = re.compile(r"^(\d{19})(?:-.*)?$")
 _API_PATH = re.compile(
     r"/(?:current|v\d+(?:\.\d+)?)/(workspace|share)/([^/]+)/storage/([^/]+)(?:/|$)"
 )
+_API_FILESHARE = re.compile(r"/(?:current|v\d+(?:\.\d+)?)/fileshare/([^/]+)(?:/|$)")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +51,7 @@ class Ref:
     context_id: str
     node: str  # normalised: lower case, no hyphens; or "root"/"trash"
     text: str  # what the user typed, for messages and manifests
+    version: str | None = None  # REF@VERSION: that version of a file, not the current one
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -76,9 +88,23 @@ def parse_ref(text: str, *, workspace: str | None = None, share: str | None = No
     raw = text.strip()
     if not raw:
         raise _fail(text, "it is empty")
+    head, at, version = raw.rpartition("@")
+    if at and head and "/" not in version and "?" not in version:
+        if not _VERSION.fullmatch(version):
+            raise _fail(text, f"{version!r} after @ is not a version id")
+        ref = _parse_unversioned(head, text, workspace, share)
+        if ref.node in SPECIAL_NODES:
+            raise _fail(text, f"a version names a file, not {ref.node}")
+        return dataclasses.replace(ref, text=raw, version=version)
+    return _parse_unversioned(raw, text, workspace, share)
+
+
+def _parse_unversioned(raw: str, text: str, workspace: str | None, share: str | None) -> Ref:
     lowered = raw.lower()
     if lowered.startswith(("http://", "https://")):
         return _parse_url(raw)
+    if lowered.startswith("fileshare:"):
+        return _fileshare(text, raw[len("fileshare:") :])
     for prefix, context in (("ws:", "workspace"), ("workspace:", "workspace"), ("share:", "share")):
         if lowered.startswith(prefix):
             rest = raw[len(prefix) :]
@@ -110,30 +136,58 @@ def parse_ref(text: str, *, workspace: str | None = None, share: str | None = No
     raise _fail(text, "a bare node id needs --workspace WS or --share SH")
 
 
+def _fileshare(text: str, raw: str) -> Ref:
+    ctx_id = _context_id(raw.strip().strip("/"))
+    if ctx_id is None:
+        raise _fail(text, f"{raw!r} is not a File Share id")
+    return Ref("fileshare", ctx_id, FILESHARE_NODE, text.strip())
+
+
 def _parse_url(text: str) -> Ref:
+    """The web app's and the API's link forms; anything else is refused, never widened."""
     parts = urlsplit(text)
     path = parts.path
+    query = parse_qs(parts.query)
     api = _API_PATH.search(path)
     if api:
         context, ctx_raw, node_raw = api.groups()
         return _from_parts(text, context, ctx_raw, node_raw)
+    api_fileshare = _API_FILESHARE.search(path)
+    if api_fileshare:
+        return _fileshare(text, unquote(api_fileshare.group(1)))
     segments = [unquote(s) for s in path.split("/") if s]
-    if len(segments) >= 4 and segments[0] == "workspace" and segments[2] in ("storage", "preview"):
-        return _from_parts(text, "workspace", segments[1], segments[3])
-    if len(segments) == 3 and segments[0] == "workspace" and segments[2] == "preview":
+    if "chat" in query:
+        raise _fail(text, "a chat link holds no files to download")
+    if not segments or segments[0] not in ("workspace", "shared", "share") or len(segments) < 2:
+        raise _fail(text, "not a Fast.io workspace, share or API URL")
+    if segments[0] == "workspace":
+        context, ctx_raw, rest = "workspace", segments[1], segments[2:]
+        if rest[:1] == ["share"]:
+            # /workspace/WS/share/NAME: a share managed from its workspace
+            if len(rest) < 2:
+                raise _fail(text, "nothing after /share/")
+            context, ctx_raw, rest = "share", rest[1], rest[2:]
+    else:
+        # /shared/NAME[/SLUG]: the slug is the share's title in the link, not an id
+        context, ctx_raw, rest = "share", segments[1], segments[2:]
+        if rest and rest[0] not in ("storage", "preview"):
+            rest = rest[1:]
+    note = query.get("note")
+    if note:
+        # ?note=ID opens that note over whatever folder the page shows
+        return _from_parts(text, context, ctx_raw, note[-1])
+    if not rest:
+        return _from_parts(text, context, ctx_raw, "root")
+    marker = rest[0]
+    if marker not in ("storage", "preview"):
+        raise _fail(text, f"/{marker}/ is not a link form fastio-dl knows")
+    if len(rest) == 1:
+        if marker == "storage":
+            return _from_parts(text, context, ctx_raw, "root")
         raise _fail(text, "nothing after /preview/")
-    if len(segments) >= 2 and segments[0] == "workspace":
-        return _from_parts(text, "workspace", segments[1], "root")
-    if len(segments) >= 2 and segments[0] in ("shared", "share"):
-        # /shared/NAME[/SLUG][/preview/FILE] or /shared/NAME[/SLUG]/storage/FOLDER
-        for marker in ("preview", "storage"):
-            if marker in segments[2:]:
-                index = segments.index(marker, 2)
-                if index + 1 < len(segments):
-                    return _from_parts(text, "share", segments[1], segments[index + 1])
-                raise _fail(text, f"nothing after /{marker}/")
-        return _from_parts(text, "share", segments[1], "root")
-    raise _fail(text, "not a Fast.io workspace, share or API URL")
+    if len(rest) > 2:
+        raise _fail(text, f"unexpected {'/'.join(rest[2:])!r} after the {marker} id")
+    return _from_parts(text, context, ctx_raw, rest[1])
 
 
 def _from_parts(text: str, context: str, ctx_raw: str, node_raw: str) -> Ref:

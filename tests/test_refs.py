@@ -74,3 +74,82 @@ def test_malformed_references_name_themselves(text: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_ref(text, workspace=WS)
     assert "malformed reference" in str(info.value)
+
+
+# The web app's link forms (README "References"): each one resolves to what it points at.
+LINK_FORMS = [
+    (f"https://acme.fast.io/workspace/{WS}/share/quarterly", ("share", "quarterly", "root")),
+    (
+        f"https://acme.fast.io/workspace/{WS}-general/share/{WS}/storage/{NODE}",
+        ("share", WS, NODE_NORM),
+    ),
+    (
+        f"https://acme.fast.io/workspace/{WS}/storage/root?note={NODE}",
+        ("workspace", WS, NODE_NORM),
+    ),
+    (f"https://go.fast.io/shared/quarterly/q3?note={NODE}", ("share", "quarterly", NODE_NORM)),
+    (
+        f"https://acme.fast.io/shared/quarterly/storage/{NODE}",
+        ("share", "quarterly", NODE_NORM),
+    ),
+    (f"https://acme.fast.io/workspace/{WS}", ("workspace", WS, "root")),
+    (
+        f"https://acme.fast.io/workspace/{WS}/storage/root?utm_source=mail",
+        ("workspace", WS, "root"),
+    ),
+    ("fileshare:4417763504443666597", ("fileshare", "4417763504443666597", "file")),
+    (
+        "https://api.fast.io/current/fileshare/4417763504443666597/details/",
+        ("fileshare", "4417763504443666597", "file"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), LINK_FORMS)
+def test_link_forms_resolve_to_what_they_point_at(text: str, key: tuple[str, str, str]) -> None:
+    ref = parse_ref(text)
+    assert ref.key == key
+    assert ref.version is None
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (f"https://acme.fast.io/workspace/{WS}/storage/root?chat=123", "a chat link"),
+        (f"https://acme.fast.io/workspace/{WS}/settings/members", "/settings/ is not a link form"),
+        (f"https://acme.fast.io/workspace/{WS}/share/", "nothing after /share/"),
+        (f"https://acme.fast.io/workspace/{WS}/share/q/members", "/members/ is not a link form"),
+        ("https://go.fast.io/shared/q/slug/activity", "/activity/ is not a link form"),
+        (f"https://acme.fast.io/workspace/{WS}/storage/{NODE}/extra", "unexpected 'extra'"),
+        ("https://acme.fast.io/dashboard", "not a Fast.io workspace"),
+        ("fileshare:", "is not a File Share id"),
+    ],
+)
+def test_unknown_link_forms_are_refused_never_widened(text: str, why: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_ref(text)
+    assert info.value.exit_code == 2
+    assert why in str(info.value) and repr(text) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (f"ws:{WS}/{NODE}@vabc123", ("workspace", WS, NODE_NORM)),
+        (
+            f"https://acme.fast.io/workspace/{WS}/preview/{NODE}@vabc123",
+            ("workspace", WS, NODE_NORM),
+        ),
+        ("fileshare:4417763504443666597@vabc123", ("fileshare", "4417763504443666597", "file")),
+    ],
+)
+def test_a_version_suffix_names_that_version(text: str, key: tuple[str, str, str]) -> None:
+    ref = parse_ref(text)
+    assert (ref.key, ref.version, ref.text) == (key, "vabc123", text)
+    assert parse_ref(f"{NODE}@v1", workspace=WS).version == "v1"
+
+
+@pytest.mark.parametrize("text", [f"ws:{WS}/root@v1", f"ws:{WS}/{NODE}@v!1"])
+def test_a_bad_version_suffix_is_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="malformed reference"):
+        parse_ref(text)

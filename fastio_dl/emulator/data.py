@@ -152,8 +152,16 @@ class Node:
             record["hash_algo"] = self.hash_algo
             record["version"] = self.version
         elif full:
-            record["version"] = None
+            # A note's text has versions too (each edit makes one); a folder or link has none.
+            record["version"] = self.version
+        if self.type == "note":
+            record["mimetype"] = "text/markdown"
         return record
+
+    @property
+    def note_text(self) -> str:
+        blob = self.blob
+        return bytes(blob.read(0, blob.size)).decode("utf-8") if blob is not None else ""
 
 
 def _wire_time(epoch: float) -> str:
@@ -210,6 +218,12 @@ class Space:
     def add_special(self, parent: str, name: str, kind: str) -> Node:
         return self._add(parent, name, kind)
 
+    def add_note(self, parent: str, name: str, text: str) -> Node:
+        """A note: markdown served by ``readnote``, never by ``read``."""
+        node = self._add(parent, name, "note")
+        node.versions.append(Version(self.ids.version_id(), BytesBlob(text.encode()), node.created))
+        return node
+
     def replace(self, node_id: str, blob: Blob) -> Node:
         """Upload a new version: same id, new version, hash and size."""
         node = self.nodes[node_id]
@@ -241,6 +255,7 @@ class Store:
     def __init__(self, seed: int = 1) -> None:
         self.ids = IdSource(seed)
         self.spaces: dict[tuple[str, str], Space] = {}
+        self.fileshares: dict[str, FileShare] = {}
 
     def add_space(
         self, kind: str = "workspace", name: str = "general", space_id: str | None = None
@@ -252,6 +267,33 @@ class Store:
 
     def find(self, kind: str, key: str) -> Space | None:
         return self.spaces.get((kind, key))
+
+    def add_fileshare(
+        self,
+        space: Space,
+        node_id: str,
+        *,
+        password: str | None = None,
+        anonymous: bool = True,
+        fileshare_id: str | None = None,
+    ) -> FileShare:
+        """A File Share: a link to one file of ``space`` (optionally behind a link password)."""
+        share = FileShare(fileshare_id or self.ids.space_id(), space, node_id, password, anonymous)
+        self.fileshares[share.id] = share
+        return share
+
+
+@dataclass
+class FileShare:
+    id: str
+    space: Space
+    node_id: str
+    password: str | None = None
+    anonymous: bool = True  # anyone_with_link; False: a valid API token is needed too
+
+    @property
+    def node(self) -> Node:
+        return self.space.nodes[self.node_id]
 
 
 # ----------------------------------------------------------------------------- data sets
@@ -300,7 +342,9 @@ def generate(space: Space, spec: DatasetSpec) -> list[Node]:
         size = rng.randint(spec.min_size, spec.max_size)
         files.append(space.add_file(parent, name, SeededBlob(spec.seed * 1_000_003 + index, size)))
     for index in range(spec.notes):
-        space.add_special(folders[index % len(folders)], f"note-{index}.md", "note")
+        space.add_note(
+            folders[index % len(folders)], f"note-{index}", f"# Note {index}\n\nWritten here.\n"
+        )
     for index in range(spec.links):
         space.add_special(folders[index % len(folders)], f"link-{index}", "link")
     return files

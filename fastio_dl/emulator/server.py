@@ -21,11 +21,14 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from fastio_dl.emulator.data import Node, Space, Store
+from fastio_dl.emulator.data import Blob, FileShare, Node, Space, Store
 
 HOST = "127.0.0.1"
 DEFAULT_TOKEN = "fastio-emulator-token"
 READ_TOKEN_TTL = 2 * 3600
+OAUTH_TOKEN_TTL = 3600  # what the live API gives an OAuth access token
+OAUTH_CLIENT_ID = "fastio-cli"
+PASSWORD_HEADER = "x-ve-password"
 BODY_CHUNK = 256 * 1024
 PREFIXES = ("/current", "/v1.0")
 T = TypeVar("T")
@@ -104,6 +107,8 @@ class Emulator:
         self.store = store
         self.switches = switches or Switches()
         self.tokens = tokens if tokens is not None else {DEFAULT_TOKEN}
+        self.refresh_tokens: set[str] = set()  # OAuth refresh tokens; each is good for one use
+        self.oauth_forms: list[dict[str, str]] = []  # what each POST /oauth/token/ sent
         self.read_tokens: dict[str, tuple[str, str, str, float]] = {}
         self.counters: Counter[str] = Counter()
         self.rng = random.Random(self.switches.seed)
@@ -142,6 +147,13 @@ class Emulator:
             "first_read_at": self.first_read_at,
         }
 
+    def issue_login(self) -> tuple[str, str]:
+        """An OAuth login as ``fastio auth login`` gets it: (access token, refresh token)."""
+        access, refresh = "oa." + secrets.token_urlsafe(24), "rf." + secrets.token_urlsafe(24)
+        self.tokens.add(access)
+        self.refresh_tokens.add(refresh)
+        return access, refresh
+
     def reset_counters(self) -> None:
         self.counters.clear()
         self.requests.clear()
@@ -159,6 +171,13 @@ class Emulator:
             app.router.add_get(base + "versions/", self.versions)
             app.router.add_get(base + "requestread/", self.request_read)
             app.router.add_get(base + "read/", self.read)
+            app.router.add_get(base + "readnote/", self.read_note)
+            app.router.add_post(prefix + "/oauth/token/", self.oauth_token)
+            fileshare = prefix + "/fileshare/{fsid}/"
+            app.router.add_get(fileshare + "details/", self.fileshare_details)
+            app.router.add_get(fileshare + "storage/read/", self.fileshare_read)
+            app.router.add_get(fileshare + "storage/versions/", self.fileshare_versions)
+            app.router.add_get(fileshare + "storage/versions/{vid}/read/", self.fileshare_read)
         app.router.add_get("/_emulator/stats", self.admin_stats)
         app.router.add_post("/_emulator/faults", self.admin_faults)
         app.router.add_post("/_emulator/reset", self.admin_reset)
@@ -314,20 +333,117 @@ class Emulator:
         node = self._node(space, request.match_info["node"])
         if node is None or node.type != "file":
             return _error(404, 1404, "File not found")
-        return _ok(
+        return _ok({"versions": _versions(node)})
+
+    async def read_note(self, request: web.Request) -> web.Response:
+        denied = self._auth(request)
+        if denied:
+            return denied
+        space = self._space(request)
+        if isinstance(space, web.Response):
+            return space
+        node = self._node(space, request.match_info["node"])
+        if node is None:
+            return _error(404, 1404, "Node not found")
+        if node.type != "note":
+            return _error(400, 1400, f"A {node.type} is not a note")
+        text = node.note_text
+        version_id = request.query.get("version_id")
+        if version_id:
+            match = [v for v in node.versions if v.id == version_id]
+            if not match:
+                return _error(404, 1404, "Version not found")
+            text = bytes(match[0].blob.read(0, match[0].blob.size)).decode()
+        return _ok({"content": text, "note": node.to_json()})
+
+    async def oauth_token(self, request: web.Request) -> web.Response:
+        """``POST /oauth/token/`` (form): a refresh token buys a new access token and a new
+        refresh token; the old refresh token is spent (rotation, as careful servers do)."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.oauth_forms.append(form)
+        refresh = form.get("refresh_token", "")
+        if form.get("grant_type") != "refresh_token" or form.get("client_id") != OAUTH_CLIENT_ID:
+            return web.json_response(
+                {"error": "invalid_request", "error_description": "unsupported grant or client"},
+                status=400,
+            )
+        if refresh not in self.refresh_tokens:
+            return web.json_response(
+                {"error": "invalid_grant", "error_description": "refresh token unknown or spent"},
+                status=400,
+            )
+        self.refresh_tokens.discard(refresh)
+        access, new_refresh = self.issue_login()
+        return web.json_response(
             {
-                "versions": [
-                    {
-                        "id": v.id,
-                        "size": v.blob.size,
-                        "hash": v.blob.digest(node.hash_algo),
-                        "hash_algo": node.hash_algo,
-                        "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v.created)),
-                    }
-                    for v in node.versions
-                ]
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": OAUTH_TOKEN_TTL,
+                "refresh_token": new_refresh,
             }
         )
+
+    def _fileshare(self, request: web.Request) -> FileShare | web.Response:
+        share = self.store.fileshares.get(request.match_info["fsid"])
+        if share is None or share.node_id not in share.space.nodes:
+            return _error(404, 1404, "File Share not found")
+        if not share.anonymous:
+            denied = self._auth(request)
+            if denied:
+                return denied
+        elif request.headers.get("Authorization"):
+            denied = self._auth(request)  # a token that is sent must still be a valid one
+            if denied:
+                return denied
+        if share.password is not None:
+            given = request.headers.get(PASSWORD_HEADER)
+            if given != share.password:
+                self.counters["fileshare_password_refused"] += 1
+                return _error(
+                    401, 1650, "This link needs a password" if not given else "Wrong password"
+                )
+        return share
+
+    async def fileshare_details(self, request: web.Request) -> web.Response:
+        share = self._fileshare(request)
+        if isinstance(share, web.Response):
+            return share
+        return _ok(
+            {
+                "fileshare": {
+                    "fileshare": share.id,
+                    "file": share.node.to_json(),
+                    "effective_capability": "download",
+                    "password_protected": share.password is not None,
+                }
+            }
+        )
+
+    async def fileshare_versions(self, request: web.Request) -> web.Response:
+        share = self._fileshare(request)
+        if isinstance(share, web.Response):
+            return share
+        return _ok({"versions": _versions(share.node)})
+
+    async def fileshare_read(self, request: web.Request) -> web.StreamResponse:
+        if self.switches.redirect_reads_to:
+            location = self.switches.redirect_reads_to.rstrip("/") + request.path
+            return web.Response(status=307, headers={"Location": location})
+        share = self._fileshare(request)
+        if isinstance(share, web.Response):
+            return share
+        node = share.node
+        blob = node.blob
+        version_id = request.match_info.get("vid")
+        if version_id:
+            match = [v for v in node.versions if v.id == version_id]
+            if not match:
+                return _error(404, 1404, "Version not found")
+            blob = match[0].blob
+        if blob is None:
+            return _error(400, 1400, f"A {node.type} has no bytes to read")
+        self.counters["fileshare_read"] += 1
+        return await self._serve(request, node, blob)
 
     async def request_read(self, request: web.Request) -> web.Response:
         denied = self._auth(request)
@@ -380,6 +496,10 @@ class Emulator:
             if not match:
                 return _error(404, 1404, "Version not found")
             blob = match[0].blob
+        return await self._serve(request, node, blob)
+
+    async def _serve(self, request: web.Request, node: Node, blob: Blob) -> web.StreamResponse:
+        """The bytes of ``blob`` with Range, the read faults and the bandwidth cap."""
         size = blob.size
         start, end, status = 0, size - 1, 200
         range_header = request.headers.get("Range")
@@ -501,6 +621,19 @@ class Emulator:
     async def admin_reset(self, request: web.Request) -> web.Response:
         self.reset_counters()
         return web.json_response({"ok": True})
+
+
+def _versions(node: Node) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": v.id,
+            "size": v.blob.size,
+            "hash": v.blob.digest(node.hash_algo),
+            "hash_algo": node.hash_algo,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v.created)),
+        }
+        for v in node.versions
+    ]
 
 
 def _abort(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
