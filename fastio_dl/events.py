@@ -6,10 +6,61 @@ recorder) can consume them without importing the engine.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 FileStatus = Literal["downloaded", "skipped", "failed"]
+
+
+class Kind(enum.Enum):
+    """How a file ended: reporters and summaries branch on this, never on message text."""
+
+    # downloaded
+    NEW = "new"
+    REPLACED = "replaced"  # a different local file was replaced
+    # skipped
+    PRESENT = "present"  # the same size and hash are already there (get)
+    KEPT = "kept"  # a different local file is kept (--no-clobber)
+    UP_TO_DATE = "up-to-date"  # the sync state and a stat say so
+    ADOPTED = "adopted"  # an identical untracked local file is now tracked (sync)
+    NO_BYTES = "no-bytes"  # a note or a link
+    UNSUPPORTED = "unsupported"  # a node type that has no file to download
+    WOULD_DOWNLOAD = "would-download"  # --dry-run
+    WOULD_REPLACE = "would-replace"
+    WOULD_ADOPT = "would-adopt"
+    # failed
+    PLAN = "plan"  # not resolved (reference, folder listing, details) or a local path clash
+    NOT_STARTED = "not-started"  # the run was stopping (an interruption, a write error)
+    INTERRUPTED = "interrupted"  # stopped mid-transfer; a large file's partial is kept
+    ERROR = "error"  # the API, the transfer, verification or disk space
+    WRITE = "write"  # the local disk refused a write: no new file starts after it
+    LOCAL = "local"  # another local error (permissions, a path that is not a directory)
+    INTERNAL = "internal"  # a bug in fastio-dl: this file fails, the run goes on
+
+    @property
+    def status(self) -> FileStatus:
+        if self in _DOWNLOADED:
+            return "downloaded"
+        return "failed" if self in _FAILED else "skipped"
+
+    @property
+    def is_dry_run(self) -> bool:
+        return self in (Kind.WOULD_DOWNLOAD, Kind.WOULD_REPLACE, Kind.WOULD_ADOPT)
+
+
+_DOWNLOADED = frozenset({Kind.NEW, Kind.REPLACED})
+_FAILED = frozenset(
+    {
+        Kind.PLAN,
+        Kind.NOT_STARTED,
+        Kind.INTERRUPTED,
+        Kind.ERROR,
+        Kind.WRITE,
+        Kind.LOCAL,
+        Kind.INTERNAL,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +99,15 @@ class FileFinished:
     ref: str
     node_id: str
     path: str
-    status: FileStatus
+    kind: Kind
     bytes: int  # bytes of the final file (downloaded or already present)
     transferred: int  # bytes moved over the network in this run
     error: str | None = None
-    reason: str | None = None  # why skipped, or how it was replaced
+    reason: str | None = None  # why skipped, or how it was replaced (for people to read)
+
+    @property
+    def status(self) -> FileStatus:
+        return self.kind.status
 
 
 @dataclass(frozen=True, slots=True)

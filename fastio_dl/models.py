@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastio_dl.errors import FastioDlError
+from fastio_dl.events import Kind
 from fastio_dl.refs import Ref
 
 STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
@@ -55,6 +56,7 @@ class PlanSkip:
     target: Target
     node_id: str
     relpath: Path
+    kind: Kind
     reason: str
 
 

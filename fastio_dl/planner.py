@@ -14,6 +14,7 @@ from typing import Any
 
 from fastio_dl.client import BULK_DETAILS_MAX, FastioClient
 from fastio_dl.errors import AuthError, FastioDlError
+from fastio_dl.events import Kind
 from fastio_dl.models import PlanEntry, PlanFailure, PlanItem, PlanSkip, RemoteFile, Target
 from fastio_dl.names import safe_name, safe_relpath
 
@@ -171,9 +172,15 @@ class Planner:
         kind = str(node.get("type", "file")).lower()
         node_id = _norm(str(node.get("id", "")))
         if kind in ("note", "link"):
-            await self._emit(PlanSkip(target, node_id, relpath, f"{kind} (no bytes to download)"))
+            await self._emit(
+                PlanSkip(target, node_id, relpath, Kind.NO_BYTES, f"{kind} (no bytes to download)")
+            )
         elif kind != "file":
-            await self._emit(PlanSkip(target, node_id, relpath, f"unsupported node type {kind!r}"))
+            await self._emit(
+                PlanSkip(
+                    target, node_id, relpath, Kind.UNSUPPORTED, f"unsupported node type {kind!r}"
+                )
+            )
         else:
             remote = remote_file(context, context_id, node)
             if remote.size < 0:

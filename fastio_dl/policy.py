@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fastio_dl.events import Kind
 from fastio_dl.models import PlanItem
 from fastio_dl.state import Record, State, local_matches_record
 from fastio_dl.storage import EmptyAtStart, matches_local
@@ -22,7 +23,8 @@ from fastio_dl.storage import EmptyAtStart, matches_local
 class Decision:
     """What the local side says about a planned file before any byte moves."""
 
-    skip_reason: str | None = None  # set: nothing to download
+    skip: Kind | None = None  # set: nothing to download
+    reason: str | None = None  # why, for people to read
     replace: bool = False  # a different local file will be replaced
 
 
@@ -46,9 +48,9 @@ class GetPolicy:
             return Decision()
         remote = item.remote
         if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
-            return Decision(skip_reason="already present and verified")
+            return Decision(Kind.PRESENT, "already present and verified")
         if self.no_clobber:
-            return Decision(skip_reason="a different local file exists (kept: --no-clobber)")
+            return Decision(Kind.KEPT, "a different local file exists (kept: --no-clobber)")
         return Decision(replace=True)
 
     async def record(self, item: PlanItem, final: Path) -> None:
@@ -73,13 +75,13 @@ class SyncPolicy:
             == (remote.node_id, remote.version, remote.hash, remote.size)
             and local_matches_record(final, record)
         ):
-            return Decision(skip_reason="up to date")
+            return Decision(Kind.UP_TO_DATE, "up to date")
         if self.local.exists(final):
             if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
                 if self.dry_run:
-                    return Decision(skip_reason="dry run: would adopt (identical local file)")
+                    return Decision(Kind.WOULD_ADOPT, "dry run: would adopt (identical local file)")
                 await self.record(item, final)
-                return Decision(skip_reason="adopted (identical local file)")
+                return Decision(Kind.ADOPTED, "adopted (identical local file)")
             return Decision(replace=True)
         return Decision()
 

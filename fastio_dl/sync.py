@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastio_dl.errors import LockedError, human_bytes
-from fastio_dl.events import FileFinished
+from fastio_dl.events import FileFinished, Kind
 from fastio_dl.models import STATE_DIR, Target
 from fastio_dl.policy import in_shard
 from fastio_dl.state import State, local_matches_record
@@ -146,13 +146,14 @@ def finish_sync(
         )
         stale = []
     if dry_run:
-        counts = {"download": [0, 0], "replace": [0, 0], "adopt": [0, 0]}
+        labels = {Kind.WOULD_DOWNLOAD: "download", Kind.WOULD_REPLACE: "replace"}
+        labels[Kind.WOULD_ADOPT] = "adopt"
+        counts = {kind: [0, 0] for kind in labels}
         for event in finished:
-            for label, bucket in counts.items():
-                if event.reason and f"would {label}" in event.reason:
-                    bucket[0] += 1
-                    bucket[1] += event.bytes
-        parts = [f"{label} {n} ({human_bytes(b)})" for label, (n, b) in counts.items()]
+            if event.kind in counts:
+                counts[event.kind][0] += 1
+                counts[event.kind][1] += event.bytes
+        parts = [f"{labels[kind]} {n} ({human_bytes(b)})" for kind, (n, b) in counts.items()]
         verb = "delete" if delete else "report as gone"
         lines.append(f"dry run: would {', '.join(parts)}; {verb} {len(stale)}")
         lines += [f"dry run: would {verb}: {relpath}" for relpath in stale]

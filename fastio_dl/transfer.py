@@ -24,7 +24,7 @@ from pathlib import Path
 from fastio_dl.client import FastioClient
 from fastio_dl.config import Settings
 from fastio_dl.errors import AuthError, FastioDlError, TransferError, WriteError
-from fastio_dl.events import FileFinished, FileQueued, Notice, Reporter, RunSummary
+from fastio_dl.events import FileFinished, FileQueued, Kind, Notice, Reporter, RunSummary
 from fastio_dl.fetch import Fetcher, Part
 from fastio_dl.models import (
     STATE_DIR,
@@ -160,13 +160,19 @@ class Engine:
                 self.reporter.emit(FileQueued(0, str(self.dest / (entry.relpath or Path())), 0))
             if isinstance(entry, PlanSkip):
                 self._finish(
-                    entry.target, entry.node_id, entry.relpath, "skipped", 0, 0, reason=entry.reason
+                    entry.target,
+                    entry.node_id,
+                    entry.relpath,
+                    entry.kind,
+                    0,
+                    0,
+                    reason=entry.reason,
                 )
                 continue
             if isinstance(entry, PlanFailure):
                 self.outcome.plan_failures += 1
                 self._finish(
-                    entry.target, entry.node_id, entry.relpath, "failed", 0, 0, error=entry.error
+                    entry.target, entry.node_id, entry.relpath, Kind.PLAN, 0, 0, error=entry.error
                 )
                 continue
             if self.settings.shard is not None and not in_shard(
@@ -176,7 +182,7 @@ class Engine:
             final = self.dest / entry.relpath
             self.reporter.emit(FileQueued(entry.key, str(final), entry.remote.size))
             if self._stop_new:
-                self._fail(entry, final, f"not started: {self._stop_new}")
+                self._fail(entry, final, Kind.NOT_STARTED, f"not started: {self._stop_new}")
                 continue
             try:
                 if entry.relpath.parts and entry.relpath.parts[0] == STATE_DIR:
@@ -186,18 +192,21 @@ class Engine:
                     )
                 self.guard.check(final)
                 decision = await self.policy.decide(entry, final)
-                if decision.skip_reason or self.dry_run:
-                    if decision.skip_reason and not self.dry_run:
+                if decision.skip is not None or self.dry_run:
+                    if decision.skip is not None and not self.dry_run:
                         await _drop_leftovers(final)
-                    verb = "replace" if decision.replace else "download"
+                    kind, reason = decision.skip, decision.reason
+                    if kind is None:
+                        kind = Kind.WOULD_REPLACE if decision.replace else Kind.WOULD_DOWNLOAD
+                        reason = "dry run: would " + ("replace" if decision.replace else "download")
                     self._finish(
                         entry.target,
                         entry.remote.node_id,
                         entry.relpath,
-                        "skipped",
+                        kind,
                         entry.remote.size,
                         0,
-                        reason=decision.skip_reason or f"dry run: would {verb}",
+                        reason=reason,
                         key=entry.key,
                     )
                     continue
@@ -206,10 +215,12 @@ class Engine:
             except AuthError:
                 raise
             except FastioDlError as exc:
-                self._fail(entry, final, self.client.redact(str(exc)))
+                self._fail(entry, final, Kind.ERROR, self.client.redact(str(exc)))
                 continue
             except Exception as exc:  # a bug must cost one file, never hang the pool
-                self._fail(entry, final, f"internal error: {type(exc).__name__}: {exc}")
+                self._fail(
+                    entry, final, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+                )
                 continue
             await ready_q.put((entry, final, token, decision))
 
@@ -237,7 +248,7 @@ class Engine:
             item, final, token, decision = work
             if self._stop_new:
                 self._release(item)
-                self._fail(item, final, f"not started: {self._stop_new}")
+                self._fail(item, final, Kind.NOT_STARTED, f"not started: {self._stop_new}")
                 continue
             try:
                 transferred = await self._fetch(item, final, token)
@@ -246,24 +257,26 @@ class Engine:
                 if self.outcome.interrupted:
                     kept = part_path(final).exists()  # small files are fetched in memory
                     why = "interrupted; the partial file is kept for the next run"
-                    self._fail(item, final, why if kept else "interrupted")
+                    self._fail(item, final, Kind.INTERRUPTED, why if kept else "interrupted")
                 raise
             except AuthError as exc:  # 402: the whole run stops
-                self._fail(item, final, str(exc))
+                self._fail(item, final, Kind.ERROR, str(exc))
                 self._fatal(exc)
                 return
             except WriteError as exc:
-                self._fail(item, final, str(exc))
+                self._fail(item, final, Kind.WRITE, str(exc))
                 self._stop_new = f"an earlier write failed ({exc})"
                 continue
             except FastioDlError as exc:
-                self._fail(item, final, self.client.redact(str(exc)))
+                self._fail(item, final, Kind.ERROR, self.client.redact(str(exc)))
                 continue
             except OSError as exc:
-                self._fail(item, final, f"local error: {exc.strerror or exc}")
+                self._fail(item, final, Kind.LOCAL, f"local error: {exc.strerror or exc}")
                 continue
             except Exception as exc:  # a bug must cost one file, never hang the pool
-                self._fail(item, final, f"internal error: {type(exc).__name__}: {exc}")
+                self._fail(
+                    item, final, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+                )
                 continue
             finally:
                 self._release(item)
@@ -272,7 +285,7 @@ class Engine:
                 item.target,
                 item.remote.node_id,
                 item.relpath,
-                "downloaded",
+                Kind.REPLACED if decision.replace else Kind.NEW,
                 item.remote.size,
                 transferred,
                 reason=reason,
@@ -302,12 +315,12 @@ class Engine:
         return await fetcher.fetch_stream(item, final, part, token)
 
     # ------------------------------------------------------------------ accounting
-    def _fail(self, item: PlanItem, final: Path, error: str) -> None:
+    def _fail(self, item: PlanItem, final: Path, kind: Kind, error: str) -> None:
         self._finish(
             item.target,
             item.remote.node_id,
             item.relpath,
-            "failed",
+            kind,
             item.remote.size,
             0,
             error=error,
@@ -319,7 +332,7 @@ class Engine:
         target: Target,
         node_id: str,
         relpath: Path | None,
-        status: str,
+        kind: Kind,
         size: int,
         transferred: int,
         *,
@@ -327,6 +340,7 @@ class Engine:
         reason: str | None = None,
         key: int = 0,
     ) -> None:
+        status = kind.status
         if status == "downloaded":
             self.outcome.downloaded += 1
             self.outcome.bytes += transferred
@@ -342,7 +356,7 @@ class Engine:
                 ref=target.ref.text,
                 node_id=node_id,
                 path=str(path) if path is not None else "",
-                status=status,  # type: ignore[arg-type]
+                kind=kind,
                 bytes=size,
                 transferred=transferred,
                 error=error,

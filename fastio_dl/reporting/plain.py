@@ -14,6 +14,7 @@ from fastio_dl.events import (
     FileProgress,
     FileQueued,
     FileRetry,
+    Kind,
     Notice,
     RunSummary,
 )
@@ -32,8 +33,7 @@ def summary_line(event: RunSummary) -> str:
 
 def _worth_saying(event: FileFinished) -> bool:
     """Skips a user wants to see: a dry run's plan, a kept different file, an adoption."""
-    reason = event.reason or ""
-    return reason.startswith("dry run") or "--no-clobber" in reason or reason.startswith("adopted")
+    return event.kind.is_dry_run or event.kind in (Kind.KEPT, Kind.ADOPTED)
 
 
 class PlainReporter:
