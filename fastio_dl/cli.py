@@ -544,7 +544,12 @@ def sync(
         bool, _opt("--delete", help="Remove tracked files that left the manifest or the remote.")
     ] = False,
     max_delete: Annotated[
-        int | None, _opt("--max-delete", min=0, help="Abort before deleting more than N files.")
+        str | None,
+        _opt(
+            "--max-delete",
+            help="With --delete: delete nothing when more than N files, or P% of the tracked "
+            "files, would go (default: more than half and more than 10; 100% lifts it).",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, _opt("--dry-run", help="Say what would change; change nothing.")
@@ -574,10 +579,17 @@ def sync(
     values = dict(locals())
     from fastio_dl.policy import SyncPolicy
     from fastio_dl.state import State
-    from fastio_dl.sync import destination_lock, finish_sync, state_path, write_failed_manifest
+    from fastio_dl.sync import (
+        destination_lock,
+        finish_sync,
+        parse_max_delete,
+        state_path,
+        write_failed_manifest,
+    )
 
     def body() -> int:
         settings = transfer_settings(values)
+        limit = parse_max_delete(max_delete)
         text, name = read_manifest(manifest)
         parsed = parse_manifest(
             text, name, workspace=workspace, share=share, allow_empty=allow_empty
@@ -588,6 +600,7 @@ def sync(
         with destination_lock(dest, wait_lock):
             state = State(state_path(dest))
             try:
+                tracked = state.count()
                 recorder = Recorder()
                 reporter = Fanout(make_run_reporter(values, settings), recorder)
                 policy = SyncPolicy(state, dry_run=dry_run)
@@ -606,8 +619,9 @@ def sync(
                     outcome.plan_failures,
                     recorder.finished(),
                     delete=delete,
-                    max_delete=max_delete,
+                    max_delete=limit,
                     dry_run=dry_run,
+                    tracked=tracked,
                     shard=settings.shard,
                 )
                 say = _say(quiet)

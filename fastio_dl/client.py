@@ -44,8 +44,10 @@ from fastio_dl.credentials import (
     write_back,
 )
 from fastio_dl.errors import (
+    AccessError,
     ApiError,
     AuthError,
+    ListingError,
     PaymentRequiredError,
     ShortReadError,
     TransferError,
@@ -122,7 +124,10 @@ import aiohttp  # noqa: E402  (after the shim above)
 
 BULK_DETAILS_MAX = 25
 LIST_PAGE_SIZE = 500
+LIST_PAGES_MAX = 100_000  # 50 million children: a server that never ends a listing is stopped
 DEFAULT_RATE_LIMIT_WAIT = 60.0
+TOKEN_RECHECK_EVERY = 5.0  # seconds: mid-run 401s check the token again at most this often
+DEAD_TOKEN_CODES = frozenset({10011})  # a 401 with this code is about the token itself
 READ_BUFFER = 1024 * 1024
 T = TypeVar("T")
 
@@ -253,31 +258,69 @@ def wait_hint(
     return hint
 
 
+def error_code(body: Any) -> int | None:
+    """The API's numeric error code (``error.code``, or the flat variant's ``error_id``)."""
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error")
+    raw = error.get("code") if isinstance(error, Mapping) else body.get("error_id")
+    try:
+        return int(raw) if raw is not None and not isinstance(raw, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+# Hints for a refusal, by the API's error code (fastio-api.md section 2). A 401 with one of
+# these says nothing about the token itself.
+_ACCESS_HINTS = {
+    10545: "the token's user is not a member of this workspace; ask an owner to add them",
+    115069: "this item is not shared with the token's user; ask its owner to share it",
+    **dict.fromkeys(
+        (10175, 10560, 10767, 10768, 10769, 10770),
+        "outside the token's scope; create a token (API key) whose scope includes it",
+    ),
+}
+_HINT_401 = (
+    "the token is valid but this workspace, share or file refuses it; check the token's "
+    "user has access"
+)
+_HINT_403 = (
+    "the file may be restricted (DMCA, infected, or limited by its owner) or outside the "
+    "token's scope"
+)
+
+
 def map_http_error(
     status: int, headers: Mapping[str, str], body: Any, what: str, *, on_read: bool = False
 ) -> Exception:
-    """Turn an HTTP error answer into the project's error type (branch on status first)."""
+    """Turn an HTTP error answer into the project's error type (branch on status first).
+
+    A 401 or 403 is an :class:`AccessError` for what was asked: whether the token itself is
+    dead only the token check tells (:meth:`FastioClient.confirm_token`).
+    """
     text = error_text(body) or _STATUS_TEXT.get(status, "error")
     if status == 402:
         return PaymentRequiredError(
             f"{what}: HTTP 402 {text} (the account is out of credits)",
             "add credits to the Fast.io account, then run again",
         )
-    if status in (401, 403) and not on_read:
-        hint = (
-            "check the token (--token, FASTIO_TOKEN or FASTIO_API_KEY)"
-            if status == 401
-            else "check that the token's user may read this workspace or share"
-        )
-        return AuthError(f"{what}: HTTP {status} {text}", hint)
+    if status in (401, 403):
+        code = error_code(body)
+        label = f"{what}: HTTP {status} {text}" + (f" (code {code})" if code is not None else "")
+        hint = _ACCESS_HINTS.get(code or 0) or (_HINT_401 if status == 401 else _HINT_403)
+        return AccessError(status, label, hint, code=code)
     return ApiError(
         status, f"{what}: HTTP {status} {text}", wait_hint=_hint_or_none(status, headers, body)
     )
 
 
 def _hint_or_none(status: int, headers: Mapping[str, str], body: Any) -> float | None:
-    if status == 429 or status in (503,):
+    # x-ve-limit-expires is the rate window's reset and rides on every answer: a wait hint for
+    # a 429 only. A 503 backs off exponentially unless it names its own Retry-After (RFC 9110).
+    if status == 429:
         return wait_hint(status, headers, body)
+    if status == 503:
+        return _retry_after_header(headers.get("Retry-After"), time.time())
     return None
 
 
@@ -361,7 +404,54 @@ class ReadStream:
 # ----------------------------------------------------------------------------- client
 
 
+class RateGate:
+    """One gate for every API caller of a run (fastio-api.md section 5).
+
+    A 429 on any API call, or an answer saying the window has no requests left
+    (``x-ve-limit-avail: 0``), closes it until the wait has passed: every caller waits once,
+    instead of each finding the limit for itself. Reads are not gated; transfers already
+    running go on. O(1) per call: one comparison when the gate is open.
+    """
+
+    def __init__(self, jitter: float) -> None:
+        self._until = 0.0  # time.monotonic() when the gate opens again
+        self._jitter = jitter
+        self.holds = 0  # how many times the gate closed (tests, debugging)
+
+    def hold(self, seconds: float) -> None:
+        if seconds > 0:
+            self.holds += 1
+            self._until = max(self._until, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        delay = self._until - time.monotonic()
+        while delay > 0:
+            # A little jitter so that the callers held do not all come back in the same instant.
+            await asyncio.sleep(delay + random.uniform(0, min(self._jitter, delay / 10)))
+            delay = self._until - time.monotonic()
+
+
+def _limit_header(headers: Mapping[str, str], *names: str) -> float | None:
+    for name in names:
+        raw = headers.get(name)
+        if raw:
+            try:
+                return float(raw)
+            except ValueError:
+                continue
+    return None
+
+
 class FastioClient:
+    """The API as fastio-dl uses it. One per run; every API call passes the rate gate.
+
+    The token is checked once at the start (:meth:`start_token_check`). A 401 on a later call
+    checks it again (:meth:`confirm_token`, at most every TOKEN_RECHECK_EVERY seconds): if the
+    token died the run stops (AuthError, exit 3), unless a stored OAuth login renews it
+    (:meth:`refresh_login`): the new token then serves every later call and the refused call is
+    made again. If the token is alive, only what was refused fails (AccessError).
+    """
+
     def __init__(
         self, session: aiohttp.ClientSession, settings: Settings, *, proxy: str | None = None
     ) -> None:
@@ -371,16 +461,17 @@ class FastioClient:
         self._base = settings.api_base.rstrip("/")
         self._token = settings.token
         self._policy = RetryPolicy.from_settings(settings)
-        self._secrets: set[str] = {settings.token} if settings.token else set()
         register_secret(settings.token)
         self._login = settings.login
         if self._login is not None and self._login.refresh_token:
-            self._secrets.add(self._login.refresh_token)
             register_secret(self._login.refresh_token)
         self._refresh_lock = asyncio.Lock()
         self.refreshes = 0  # OAuth refreshes done in this run
         self.warnings: list[str] = []  # for the CLI to show once the run is over
         self.api_calls = 0
+        self.gate = RateGate(jitter=max(0.05, settings.backoff_initial / 4))
+        self._check: asyncio.Future[None] | None = None
+        self._checked_at = 0.0
 
     # -- lifecycle
     @classmethod
@@ -408,7 +499,11 @@ class FastioClient:
         ) as session:
             client = cls(session, settings, proxy=proxy_for(settings.api_base))
             await client.ensure_login()
-            yield client
+            try:
+                yield client
+            finally:
+                if client._check is not None and not client._check.done():
+                    client._check.cancel()
 
     # -- stored logins (the official CLI's OAuth tokens)
     @property
@@ -453,9 +548,7 @@ class FastioClient:
             refresh = answer.get("refresh_token")
             refresh = refresh if isinstance(refresh, str) and refresh else None
             for secret in (access, refresh):
-                if secret:
-                    self._secrets.add(secret)
-                    register_secret(secret)
+                register_secret(secret)
             try:
                 lifetime = int(answer.get("expires_in"))  # type: ignore[arg-type]
             except (TypeError, ValueError):
@@ -484,8 +577,8 @@ class FastioClient:
     def _adopt(self, login: StoredLogin) -> None:
         self._login = login
         self._token = login.token
-        self._secrets.add(login.token)
         register_secret(login.token)
+        self._check, self._checked_at = None, 0.0  # a new token: a 401 checks it afresh
 
     async def _post_refresh(self, login: StoredLogin) -> Mapping[str, Any]:
         assert login.refresh_token is not None
@@ -518,7 +611,7 @@ class FastioClient:
         return payload_of(body)
 
     def redact(self, text: str) -> str:
-        return redact(text, frozenset(self._secrets))
+        return redact(text)
 
     def _network_error(self, what: str, exc: BaseException) -> TransferError:
         # A certificate that does not verify will not verify on the next attempt either.
@@ -541,6 +634,81 @@ class FastioClient:
                 return await call()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _note_limits(self, headers: Mapping[str, str]) -> None:
+        """An answer that says the window has no requests left holds new API calls until its
+        reset (capped by --max-retry-wait, so a server clock far ahead cannot stall a run)."""
+        avail = _limit_header(headers, "x-ve-limit-avail", "X-Rate-Limit-Available")
+        if avail is None or avail > 0:
+            return
+        expires = _limit_header(headers, "x-ve-limit-expires", "X-Rate-Limit-Expiry")
+        if expires is not None:
+            self.gate.hold(min(self._settings.max_retry_wait, expires - time.time()))
+
+    # -- the token
+    def start_token_check(self) -> asyncio.Future[None]:
+        """Check the token once at the start of a run (``GET /user/auth/check/``), beside the
+        run's first calls; a 401 anywhere meanwhile waits for this check's verdict."""
+        if self._check is None:
+            self._checked_at = time.monotonic()
+            self._check = asyncio.ensure_future(self._check_token())
+        return self._check
+
+    async def confirm_token(self) -> None:
+        """A 401 arrived: raise :class:`AuthError` if the token itself is dead.
+
+        Concurrent 401s share one check, and a token found good is not checked again for
+        TOKEN_RECHECK_EVERY seconds. A token found dead stays dead for the run.
+        """
+        check = self._check
+        fresh = time.monotonic() - self._checked_at < TOKEN_RECHECK_EVERY
+        if check is None or (check.done() and not fresh and check.exception() is None):
+            self._check, self._checked_at = None, 0.0
+            check = self.start_token_check()
+        await asyncio.shield(check)
+
+    async def _check_token(self) -> None:
+        what = "token check"
+        try:
+            body = await self._get_json(f"{self._base}/user/auth/check/", what, on_401="dead")
+        except AuthError:
+            raise
+        except AccessError as exc:
+            if exc.status == 401:
+                raise AuthError(
+                    f"the API refused the token: {exc.message}",
+                    "check the token (--token, FASTIO_TOKEN or FASTIO_API_KEY)",
+                ) from None
+            return  # 403: the token authenticates; it only may not read its user's details
+        if not isinstance(payload_of(body).get("user", {}), Mapping):
+            raise TransferError(f"{what}: unrecognised answer (keys: {', '.join(body)})")
+
+    async def _renew(self, token: str | None) -> bool:
+        """The token was found dead: a stored OAuth login may renew it. True if it did."""
+        if token is None:
+            return False
+        return await self.refresh_login(token)  # its own AuthError says why it could not
+
+    async def _after_401(self, token: str | None, error: Exception) -> None:
+        """Mid-run 401: the token dead stops the run (AuthError); renewed, the call is made
+        again (a retryable error); alive, the caller raises ``error`` for what was refused.
+
+        A dead-credential code proves the token dead at once; any other 401 asks the token
+        check (shared, throttled: see confirm_token)."""
+        if self._token != token:
+            raise TransferError("the token was renewed", retryable=True, wait_hint=0)
+        try:
+            if isinstance(error, AccessError) and error.code in DEAD_TOKEN_CODES:
+                raise AuthError(
+                    f"the API refused the token: {error.message}",
+                    "check the token (--token, FASTIO_TOKEN or FASTIO_API_KEY)",
+                )
+            await self.confirm_token()
+        except AuthError:
+            if await self._renew(token):
+                raise TransferError("the token was renewed", retryable=True, wait_hint=0) from None
+            raise
+
+    # -- JSON calls
     async def _get_json(
         self,
         url: str,
@@ -548,33 +716,53 @@ class FastioClient:
         params: Mapping[str, str] | None = None,
         *,
         accept_statuses: frozenset[int] = frozenset(),
+        on_401: str = "check",
     ) -> Mapping[str, Any]:
-        headers = self._auth_headers()
+        if not self._token:
+            raise missing_token_error()
 
         async def once() -> Mapping[str, Any]:
+            await self.gate.wait()
+            token = self._token
             self.api_calls += 1
             try:
                 async with self._session.get(
-                    url, params=params, headers=headers, proxy=self._proxy
+                    url,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}"},
+                    proxy=self._proxy,
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
                     resp_headers = resp.headers
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._network_error(what, exc) from exc
+            self._note_limits(resp_headers)
             try:
                 body: Any = json.loads(raw) if raw else None
             except ValueError:
                 body = None
             if status >= 400 and status not in accept_statuses:
-                raise map_http_error(status, resp_headers, body, what)
+                error = map_http_error(status, resp_headers, body, what)
+                if status == 429 and isinstance(error, ApiError):
+                    # Every API caller waits out this one limit (the gate), not each its own.
+                    self.gate.hold(min(self._settings.max_retry_wait, error.wait_hint or 0.0))
+                    error.wait_hint = 0.0
+                elif status == 401 and on_401 == "check":
+                    await self._after_401(token, error)
+                raise error
             if not isinstance(body, Mapping):
                 raise TransferError(
                     f"{what}: the API answered HTTP {status} without a JSON object", retryable=True
                 )
-            if not _is_true(body.get("result")) and status not in accept_statuses:
-                text = error_text(body) or "result is not true"
-                raise ApiError(status if status >= 400 else 502, f"{what}: {text}")
+            result = body.get("result")
+            if not _is_true(result) and status not in accept_statuses:
+                # An authoritative refusal, even under HTTP 200: asking again changes nothing.
+                if "result" not in body:
+                    text = f"unrecognised answer (no result; keys: {', '.join(map(str, body))})"
+                else:
+                    text = error_text(body) or f"the API answered result {result!r}"
+                raise ApiError(status, f"{what}: {text}")
             return body
 
         return await self._retry(once)
@@ -589,11 +777,15 @@ class FastioClient:
         url = self._url(context, context_id, ",".join(node_ids), "details")
         body = await self._get_json(url, "node details", accept_statuses=frozenset({404}))
         payload = payload_of(body)
-        nodes: list[Mapping[str, Any]] = []
-        if isinstance(payload.get("nodes"), list):
-            nodes = [n for n in payload["nodes"] if isinstance(n, Mapping)]
-        elif isinstance(payload.get("node"), Mapping):
-            nodes = [payload["node"]]
+        nodes = _node_payload(payload)
+        if nodes is None:
+            if _is_true(body.get("result")):
+                raise ApiError(
+                    200,
+                    "node details: unrecognised answer "
+                    f"(keys: {', '.join(sorted(map(str, payload)))})",
+                )
+            nodes = []
         errors: dict[str, str] = {}
         for entry in payload.get("errors") or []:
             if isinstance(entry, Mapping) and entry.get("node_id"):
@@ -607,34 +799,57 @@ class FastioClient:
     async def list_folder(
         self, context: str, context_id: str, folder: str
     ) -> AsyncIterator[list[Mapping[str, Any]]]:
-        """Yield pages of child nodes, following the cursor until it runs out."""
+        """Yield pages of child nodes until a page that is provably the last.
+
+        Raises :class:`ListingError` for an answer not understood, or one that does not prove
+        the folder's end: the caller must never take what it got so far for the whole folder.
+        """
         url = self._url(context, context_id, folder, "list")
+        what = f"listing {folder}"
         cursor: str | None = None
         seen: set[str] = set()
-        while True:
+        for _ in range(LIST_PAGES_MAX):
             params = {"page_size": str(LIST_PAGE_SIZE), "sort_by": "name", "sort_dir": "asc"}
             if cursor:
                 params["cursor"] = cursor
-            body = await self._get_json(url, f"list folder {folder}", params)
+            body = await self._get_json(url, what, params)
             payload = payload_of(body)
-            yield _list_items(payload)
-            next_cursor = _next_cursor(payload)
-            # Stop when the cursor is missing, empty, or repeats one already sent (a server loop).
-            if not next_cursor or next_cursor == cursor or next_cursor in seen:
+            try:
+                page = parse_listing(payload, cursor)
+            except ValueError as exc:
+                raise self._listing_error(what, str(exc), body) from None
+            yield page.items
+            if page.cursor is None:
                 return
-            seen.add(next_cursor)
-            cursor = next_cursor
+            if page.cursor in seen:
+                raise self._listing_error(
+                    what, f"the server sent cursor {page.cursor!r} a second time (a loop)", body
+                )
+            seen.add(page.cursor)
+            cursor = page.cursor
+        raise ListingError(f"{what}: more than {LIST_PAGES_MAX} pages; stopped")
 
-    async def request_read(self, context: str, context_id: str, node: str) -> str:
+    def _listing_error(self, what: str, why: str, body: Any) -> ListingError:
+        message = f"{what}: {why}"
+        if self._settings.debug:
+            message += f"; answer shape: {json.dumps(shape_of(body))}"
+        return ListingError(
+            message,
+            "the API answered in a shape fastio-dl does not know; run with --debug to see it "
+            "and report it",
+        )
+
+    async def request_read(
+        self, context: str, context_id: str, node: str, *, version_id: str | None = None
+    ) -> str:
         # Not retried blindly by the caller's replay: each attempt mints a fresh token anyway.
+        params = {"version_id": version_id} if version_id else None
         body = await self._get_json(
-            self._url(context, context_id, node, "requestread"), "read token"
+            self._url(context, context_id, node, "requestread"), "read token", params
         )
         token = payload_of(body).get("token")
         if not isinstance(token, str) or not token:
             raise TransferError("read token: the API answered without a token", retryable=True)
-        self._secrets.add(token)
-        register_secret(token)
         return token
 
     @asynccontextmanager
@@ -649,10 +864,16 @@ class FastioClient:
         end: int | None = None,
         version_id: str | None = None,
     ) -> AsyncIterator[ReadStream]:
-        """Open ``/read/`` (with ``?token=`` or the bearer header) from byte ``start``."""
+        """Open ``/read/`` (with ``?token=`` or the bearer header) from byte ``start``.
+
+        ``version_id`` pins the content: a file replaced during the run is read as listed.
+        The bytes are taken as they are stored (``Accept-Encoding: identity``, no
+        decompression): the size and hash the API announced are those of the stored bytes.
+        """
         url = self._url(context, context_id, node, "read")
         params: dict[str, str] = {}
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {"Accept-Encoding": "identity"}
+        bearer = self._token
         if token:
             params["token"] = token
         else:
@@ -663,7 +884,7 @@ class FastioClient:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
         try:
             response = await self._session.get(
-                url, params=params, headers=headers, proxy=self._proxy
+                url, params=params, headers=headers, proxy=self._proxy, auto_decompress=False
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._network_error("read", exc) from exc
@@ -674,7 +895,12 @@ class FastioClient:
                     body: Any = json.loads(raw) if raw else None
                 except (TimeoutError, aiohttp.ClientError, ValueError):
                     body = None
-                raise map_http_error(response.status, response.headers, body, "read", on_read=True)
+                error = map_http_error(
+                    response.status, response.headers, body, "read", on_read=True
+                )
+                if response.status == 401 and not token:
+                    await self._after_401(bearer, error)  # a dead API token stops the run
+                raise error
             yield ReadStream(response, self._settings.stall_timeout)
         finally:
             response.release()
@@ -693,27 +919,128 @@ def _norm(node_id: str) -> str:
     return node_id.replace("-", "").lower()
 
 
-def _list_items(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    for key in ("nodes", "items", "files"):
-        value = payload.get(key)
-        if isinstance(value, Mapping):
-            for inner in ("items", "nodes", "files"):
-                if isinstance(value.get(inner), list):
-                    value = value[inner]
-                    break
-        if isinstance(value, list):
-            return [item for item in value if isinstance(item, Mapping)]
-    return []
+_CHILD_KEYS = ("nodes", "items", "files")
+_CURSOR_KEYS = ("next_cursor", "nextCursor")
+_MORE_KEYS = ("has_more", "hasMore")
+# Names that smell of pagination: an answer carrying one we do not read may be telling us of a
+# next page in a way we do not understand.
+_PAGING_WORDS = ("cursor", "continu", "next", "page_token", "pagetoken")
 
 
-def _next_cursor(payload: Mapping[str, Any]) -> str | None:
-    cursor = payload.get("next_cursor")
+@dataclass(frozen=True)
+class ListingPage:
+    """One page of a folder listing: its children, and the cursor of the next page (None: this
+    page is the last, and the answer said so)."""
+
+    items: list[Mapping[str, Any]]
+    cursor: str | None
+
+
+def parse_listing(
+    payload: Mapping[str, Any], sent: str | None, page_size: int = LIST_PAGE_SIZE
+) -> ListingPage:
+    """Read one listing answer strictly (fastio-api.md section 4).
+
+    The children are an array (or an object of nodes keyed by id) under ``nodes``, ``items`` or
+    ``files``, possibly one level deeper (``nodes: {items: [...]}``). Only an explicit empty array
+    means an empty folder. The next page is ``next_cursor`` at the top level or under
+    ``pagination``; without one, the page is the last only if nothing says otherwise: a
+    ``has_more: true``, a full page, or a pagination-like key this client does not read are
+    errors. Raises :class:`ValueError` with the reason; the caller names the folder.
+    """
+    items = _children(payload)
     pagination = payload.get("pagination")
-    if not cursor and isinstance(pagination, Mapping):
-        if pagination.get("has_more") is False:
+    scopes: list[Mapping[str, Any]] = [payload]
+    if isinstance(pagination, Mapping):
+        scopes.append(pagination)
+    cursor: str | None = None
+    has_more: bool | None = None
+    for scope in scopes:
+        for key in _CURSOR_KEYS:
+            value = scope.get(key)
+            if cursor is None and isinstance(value, (str, int)) and not isinstance(value, bool):
+                cursor = str(value) or None
+        for key in _MORE_KEYS:
+            if key in scope and has_more is None:
+                has_more = _is_true(scope[key])
+    if has_more is False:
+        return ListingPage(items, None)
+    if cursor is not None and cursor != sent:
+        return ListingPage(items, cursor)
+    # No next cursor (or the one just sent, which some servers repeat on the last page).
+    if has_more:
+        raise ValueError("the answer says there is more (has_more) but gives no cursor")
+    unknown = sorted(
+        f"{'pagination.' if scope is pagination else ''}{key}"
+        for scope in scopes
+        for key, value in scope.items()
+        if key not in _CURSOR_KEYS
+        and value not in (None, "", False)
+        and any(word in key.lower() for word in _PAGING_WORDS)
+    )
+    if unknown:
+        raise ValueError(f"a next page may be under a key this client does not read: {unknown}")
+    if len(items) >= page_size:
+        raise ValueError(f"a full page of {len(items)} with no cursor for the next one")
+    return ListingPage(items, None)
+
+
+def _children(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    for key in _CHILD_KEYS:
+        if key not in payload:
+            continue
+        value = payload[key]
+        if isinstance(value, Mapping):
+            inner = next((value[k] for k in _CHILD_KEYS if k in value), None)
+            if inner is not None:
+                value = inner
+        nodes = _node_list(value)
+        if nodes is None:
+            raise ValueError(f"{key!r} holds {_shape_name(value)}, not a list of nodes")
+        return nodes
+    raise ValueError(f"unrecognised answer (keys: {', '.join(sorted(map(str, payload)))})")
+
+
+def _node_list(value: Any) -> list[Mapping[str, Any]] | None:
+    """An array of node objects, or an object of them keyed by id; None for anything else.
+
+    An empty object is not an empty folder: it is as likely a shape not understood."""
+    if isinstance(value, list):
+        return value if all(isinstance(item, Mapping) for item in value) else None
+    if isinstance(value, Mapping) and value:
+        if not all(isinstance(node, Mapping) for node in value.values()):
             return None
-        cursor = pagination.get("next_cursor")
-    return str(cursor) if cursor else None
+        return [node if "id" in node else {**node, "id": key} for key, node in value.items()]
+    return None
+
+
+def _shape_name(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "an empty object" if not value else f"an object (keys: {', '.join(map(str, value))})"
+    return "an empty list" if value == [] else f"a {type(value).__name__}"
+
+
+def shape_of(value: Any, depth: int = 0) -> Any:
+    """An answer's shape with every value replaced by its type (``--debug``: no data shown)."""
+    if isinstance(value, Mapping):
+        if depth >= 4:
+            return "{...}"
+        keys = list(value)
+        out = {str(k): shape_of(value[k], depth + 1) for k in keys[:12]}
+        if len(keys) > 12:
+            out["..."] = f"{len(keys) - 12} more keys"
+        return out
+    if isinstance(value, list):
+        return [shape_of(value[0], depth + 1), f"{len(value)} items"] if value else []
+    return "null" if value is None else type(value).__name__
+
+
+def _node_payload(payload: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """The nodes of a details answer: ``nodes`` (array or id-keyed object) or ``node``."""
+    if "nodes" in payload:
+        return _node_list(payload["nodes"]) if payload["nodes"] != [] else []
+    node = payload.get("node")
+    return [node] if isinstance(node, Mapping) else None
 
 
 def _describe_network_error(exc: BaseException) -> str:

@@ -4,11 +4,14 @@ Hierarchy::
 
     FastioDlError                 one line for the user + a hint; carries its ExitCode
     ├── UsageError                bad option, reference or manifest (exit 2)
-    ├── AuthError                 no token, 401/403 on the API (exit 3)
+    ├── AuthError                 no token, or the token itself is refused (exit 3)
     │   └── PaymentRequiredError  402: out of credits, stops the run (exit 3)
     ├── LockedError               another run holds the destination lock (exit 4)
     └── TransferError             one file failed; the run goes on (exit 1 at the end)
         ├── ApiError              an HTTP error answered by the API or the read endpoint
+        │   ├── AccessError       401/403 on one workspace, share, folder or file (the token
+        │   │                     is fine: it may not read that one)
+        │   └── ListingError      a folder listing not understood, or not provably complete
         ├── IntegrityError        size or hash mismatch after a complete read
         ├── ShortReadError        the body broke off or stalled (retried, resumed)
         ├── DiskSpaceError        not enough room for a file
@@ -48,6 +51,11 @@ class FastioDlError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def describe(exc: FastioDlError) -> str:
+    """An error as one line for a file's record: what went wrong, then what to do."""
+    return f"{exc.message}; {exc.hint}" if exc.hint else exc.message
 
 
 class UsageError(FastioDlError):
@@ -121,6 +129,31 @@ class ApiError(TransferError):
         self.status = status
 
 
+class AccessError(ApiError):
+    """A 401 or 403 on one reference or file, after the token itself was found good.
+
+    401 is overloaded on Fast.io: besides a dead credential it means "not a member of this
+    workspace" (10545) or "not shared with your account" (115069); so a refusal fails what was
+    refused, and the run goes on.
+    """
+
+    def __init__(
+        self, status: int, message: str, hint: str | None = None, *, code: int | None = None
+    ) -> None:
+        super().__init__(status, message, hint)
+        self.code = code  # the API's error code, when it gave one
+
+
+class ListingError(ApiError):
+    """A listing answer that is not understood or does not prove the folder's end.
+
+    Never read as "empty" or "done": that folder fails, and ``sync --delete`` deletes nothing.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(200, message, hint)
+
+
 class IntegrityError(TransferError):
     """The bytes read do not match the size or hash the API announced."""
 
@@ -144,20 +177,22 @@ class WriteError(TransferError):
 _TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
 
-
-_SECRETS: set[str] = set()
+# The run's API token(s): one, or a few when a token is refreshed. Read tokens are never added:
+# they only travel as ``?token=``, which the pattern above hides, so redaction costs the same
+# at the millionth file as at the first (a per-token list made it grow with every file).
+_SECRETS: list[str] = []
 
 
 def register_secret(secret: str | None) -> None:
-    """Remember a token (API or read token) so that :func:`redact` hides it everywhere."""
-    if secret and len(secret) >= 4:
-        _SECRETS.add(secret)
+    """Remember an API token so that :func:`redact` hides it everywhere."""
+    if secret and len(secret) >= 4 and secret not in _SECRETS:
+        _SECRETS.append(secret)
 
 
 def redact(text: str, secrets: tuple[str, ...] | frozenset[str] = ()) -> str:
-    """Remove bearer capabilities (``token=`` query values, bearer tokens, known secrets)."""
+    """Remove bearer capabilities: API tokens, ``token=`` query values and bearer headers."""
     for secret in (*secrets, *_SECRETS):
-        if secret and len(secret) >= 4:
+        if len(secret) >= 4 and secret in text:
             text = text.replace(secret, "***")
     text = _TOKEN_QUERY.sub(r"\1REDACTED", text)
     return _BEARER.sub(r"\1***", text)

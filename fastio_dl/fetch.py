@@ -78,7 +78,9 @@ class Fetcher:
         if self.settings.read_mode != "token" and not force:
             return None  # bearer/auto: /read/ takes the API token itself, one round trip less
         remote = item.remote
-        return await self.client.request_read(remote.context, remote.context_id, remote.node_id)
+        return await self.client.request_read(
+            remote.context, remote.context_id, remote.node_id, version_id=remote.version
+        )
 
     async def fetch_stream(self, item: PlanItem, final: Path, part: Part, token: str | None) -> int:
         """Fetch a file over one stream into ``part``, resuming where it stands; verify and
@@ -127,7 +129,12 @@ class Fetcher:
             return  # everything is already here (a resumed .part or an empty file): just verify
         try:
             async with self.client.open_read(
-                remote.context, remote.context_id, remote.node_id, token=state.token, start=offset
+                remote.context,
+                remote.context_id,
+                remote.node_id,
+                token=state.token,
+                start=offset,
+                version_id=remote.version,
             ) as stream:
                 if offset > 0:
                     cr = stream.content_range

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastio_dl.client import BULK_DETAILS_MAX, FastioClient
-from fastio_dl.errors import AuthError, FastioDlError
+from fastio_dl.errors import AuthError, FastioDlError, describe
 from fastio_dl.events import Kind
 from fastio_dl.models import PlanEntry, PlanFailure, PlanItem, PlanSkip, RemoteFile, Target
 from fastio_dl.names import safe_name, safe_relpath
@@ -144,7 +144,7 @@ class Planner:
                 raise
             except FastioDlError as exc:
                 for target in group:
-                    await self._emit(PlanFailure(target, target.ref.node, None, str(exc)))
+                    await self._emit(PlanFailure(target, target.ref.node, None, describe(exc)))
                 return
         by_id = {_norm(str(n.get("id", ""))): n for n in nodes}
         jobs = []
@@ -221,7 +221,7 @@ class Planner:
         except AuthError:
             raise
         except FastioDlError as exc:
-            await self._emit(PlanFailure(target, folder, base, f"listing folder {folder}: {exc}"))
+            await self._emit(PlanFailure(target, folder, base, describe(exc)))
             return
         await _gather_all(
             [self._walk(target, context, context_id, node_id, path) for node_id, path in subfolders]

@@ -439,6 +439,7 @@ class _SegmentedRun:
                         token=self.state.token,
                         start=start,
                         end=seg[1],
+                        version_id=remote.version,
                     ) as stream:
                         self.answered()
                         cr = stream.content_range

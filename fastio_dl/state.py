@@ -74,6 +74,10 @@ class State:
     def paths(self) -> set[str]:
         return set(self._cache)
 
+    def count(self) -> int:
+        """How many files are tracked."""
+        return len(self._cache)
+
     def put(self, record: Record) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",

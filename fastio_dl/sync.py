@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastio_dl.errors import LockedError, human_bytes
+from fastio_dl.errors import LockedError, UsageError, human_bytes
 from fastio_dl.events import FileFinished, Kind
 from fastio_dl.models import STATE_DIR, Target
 from fastio_dl.policy import in_shard
@@ -23,6 +23,57 @@ from fastio_dl.state import State, local_matches_record
 LOCK_NAME = "lock"
 STATE_NAME = "state.db"
 LOCK_POLL = 0.2
+# The default guard on --delete (as rclone bisync's --max-delete): a run that would delete more
+# than half of the tracked files, and more than this many, deletes nothing.
+GUARD_FLOOR = 10
+
+
+@dataclass(frozen=True)
+class DeleteLimit:
+    """``--max-delete``: a count (``50``) or a share of the tracked files (``25%``).
+
+    None of either: the default guard (more than half of the tracked files and more than
+    GUARD_FLOOR is too many). ``100%`` lifts every limit.
+    """
+
+    count: int | None = None
+    percent: float | None = None
+
+    def exceeded(self, deletions: int, tracked: int) -> bool:
+        if self.count is not None:
+            return deletions > self.count
+        if self.percent is not None:
+            return deletions * 100 > tracked * self.percent
+        return deletions > GUARD_FLOOR and deletions * 2 > tracked
+
+    def describe(self) -> str:
+        if self.count is not None:
+            return f"over --max-delete {self.count}"
+        if self.percent is not None:
+            return f"over --max-delete {self.percent:g}% of them"
+        return f"more than half of them and more than {GUARD_FLOOR} (the default guard)"
+
+
+def parse_max_delete(text: str | None) -> DeleteLimit:
+    """``N`` (a count) or ``P%`` (a percentage of the tracked files, 0-100)."""
+    if text is None or not text.strip():
+        return DeleteLimit()
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            percent = float(value[:-1])
+            if not 0 <= percent <= 100:
+                raise ValueError
+            return DeleteLimit(percent=percent)
+        count = int(value)
+        if count < 0:
+            raise ValueError
+        return DeleteLimit(count=count)
+    except ValueError:
+        raise UsageError(
+            f"--max-delete takes a count like 50 or a percentage like 25%, not {text!r}",
+            "--max-delete 100% lifts the limit",
+        ) from None
 
 
 def state_path(dest: Path) -> Path:
@@ -130,11 +181,17 @@ def finish_sync(
     finished: list[FileFinished],
     *,
     delete: bool,
-    max_delete: int | None,
+    max_delete: DeleteLimit,
     dry_run: bool,
+    tracked: int,
     shard: tuple[int, int] | None = None,
 ) -> SyncReport:
-    """Report (and with ``delete`` remove) tracked files that left; the dry-run summary."""
+    """Report (and with ``delete`` remove) tracked files that left; the dry-run summary.
+
+    Called only after a run that ended normally (no fatal error, no interrupt). Deletion needs
+    more: a clean plan (every reference resolved, every listing ended on a page that said it was
+    the last) and a count within ``max_delete`` of the ``tracked`` files at the start.
+    """
     lines: list[str] = []
     stale = stale_paths(state, planned)
     if shard is not None:
@@ -145,6 +202,12 @@ def finish_sync(
             "failed, so the remote listing is incomplete"
         )
         stale = []
+    refused = delete and bool(stale) and max_delete.exceeded(len(stale), tracked)
+    refusal = (
+        f"error: {len(stale)} of {tracked} tracked files would be deleted, "
+        f"{max_delete.describe()}: nothing deleted. Check the manifest and the remote; "
+        "--max-delete N or P% (100% lifts the limit) allows more"
+    )
     if dry_run:
         labels = {Kind.WOULD_DOWNLOAD: "download", Kind.WOULD_REPLACE: "replace"}
         labels[Kind.WOULD_ADOPT] = "adopt"
@@ -157,16 +220,15 @@ def finish_sync(
         verb = "delete" if delete else "report as gone"
         lines.append(f"dry run: would {', '.join(parts)}; {verb} {len(stale)}")
         lines += [f"dry run: would {verb}: {relpath}" for relpath in stale]
+        if refused:
+            lines.append(refusal.replace("error: ", "dry run: would refuse: ", 1))
         return SyncReport(0, lines)
     if stale and not delete:
         lines += [f"gone from manifest or remote: {p} (kept; --delete removes it)" for p in stale]
+    elif refused:
+        lines.append(refusal)
+        return SyncReport(1, lines)
     elif stale:
-        if max_delete is not None and len(stale) > max_delete:
-            lines.append(
-                f"error: {len(stale)} files would be deleted, over --max-delete {max_delete}; "
-                "nothing deleted. Check the manifest, or raise --max-delete"
-            )
-            return SyncReport(1, lines)
         result = delete_stale(dest, state, stale)
         lines += [f"deleted: {dest / p}" for p in result.deleted]
         lines += [

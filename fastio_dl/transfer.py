@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fastio_dl.client import FastioClient
 from fastio_dl.config import Settings
-from fastio_dl.errors import AuthError, FastioDlError, TransferError, WriteError
+from fastio_dl.errors import AuthError, FastioDlError, TransferError, WriteError, describe
 from fastio_dl.events import FileFinished, FileQueued, Kind, Notice, Reporter, RunSummary
 from fastio_dl.fetch import Fetcher, Part
 from fastio_dl.models import (
@@ -114,6 +114,9 @@ class Engine:
             preparers = [asyncio.create_task(self._prepare_loop(plan_q, ready_q)) for _ in range(n)]
             try:
                 await asyncio.gather(*preparers)
+            except FastioDlError as exc:
+                self._fatal(exc)  # ends the download workers too: none may wait for ever
+                return
             finally:
                 for task in preparers:
                     task.cancel()
@@ -121,7 +124,19 @@ class Engine:
             for _ in range(2 * n):
                 await ready_q.put(None)
 
-        self._tasks = [asyncio.create_task(plan()), asyncio.create_task(prepare_all())]
+        token_check = self.client.start_token_check()  # beside the first calls, not before
+
+        async def check_token() -> None:
+            try:
+                await token_check
+            except FastioDlError as exc:
+                self._fatal(exc)
+
+        self._tasks = [
+            asyncio.create_task(check_token()),
+            asyncio.create_task(plan()),
+            asyncio.create_task(prepare_all()),
+        ]
         # Twice as many workers as network slots: while one verifies and writes, another reads.
         self._tasks += [asyncio.create_task(self._download_loop(ready_q)) for _ in range(2 * n)]
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -215,7 +230,7 @@ class Engine:
             except AuthError:
                 raise
             except FastioDlError as exc:
-                self._fail(entry, final, Kind.ERROR, self.client.redact(str(exc)))
+                self._fail(entry, final, Kind.ERROR, describe(exc))
                 continue
             except Exception as exc:  # a bug must cost one file, never hang the pool
                 self._fail(
@@ -268,7 +283,7 @@ class Engine:
                 self._stop_new = f"an earlier write failed ({exc})"
                 continue
             except FastioDlError as exc:
-                self._fail(item, final, Kind.ERROR, self.client.redact(str(exc)))
+                self._fail(item, final, Kind.ERROR, describe(exc))
                 continue
             except OSError as exc:
                 self._fail(item, final, Kind.LOCAL, f"local error: {exc.strerror or exc}")

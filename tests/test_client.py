@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,9 +12,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fastio_dl.client import FastioClient, map_http_error, wait_hint
+from fastio_dl.client import FastioClient, map_http_error, parse_listing, wait_hint
 from fastio_dl.config import Secret, Settings
-from fastio_dl.errors import ApiError, AuthError, PaymentRequiredError
+from fastio_dl.errors import AccessError, ApiError, AuthError, PaymentRequiredError
 
 BASE = "set by the scripted fixture"
 WS = "3867689418901071163"
@@ -30,6 +32,8 @@ class Script:
     def __init__(self) -> None:
         self.replies: list[tuple[int, Any]] = []
         self.paths: list[str] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request
+        self.headers: Callable[[], dict[str, str]] = dict  # extra headers of every answer
         self.base = ""
 
     def get(self, status: int = 200, payload: Any = None, body: str | None = None) -> None:
@@ -37,8 +41,11 @@ class Script:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.paths.append(request.path_qs)
+        self.arrivals.append(time.monotonic())
         status, text = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        return web.Response(status=status, text=text, content_type="application/json")
+        return web.Response(
+            status=status, text=text, content_type="application/json", headers=self.headers()
+        )
 
 
 @pytest.fixture
@@ -52,14 +59,8 @@ async def script(aiohttp_server: Callable[..., Awaitable[Any]]) -> Script:
 
 
 def settings(base: str, **kw: object) -> Settings:
-    return Settings(
-        api_base=base,
-        token=Secret("secret-token-123"),
-        retries=2,
-        backoff_initial=0.0,
-        max_retry_wait=0.01,
-        **kw,
-    )  # type: ignore[arg-type]
+    values: dict[str, Any] = {"retries": 2, "backoff_initial": 0.0, "max_retry_wait": 0.01, **kw}
+    return Settings(api_base=base, token=Secret("secret-token-123"), **values)
 
 
 async def test_envelope_variants_and_bulk_details(script: Script) -> None:
@@ -126,13 +127,25 @@ async def test_retryable_status_is_retried_then_succeeds(script: Script) -> None
         assert client.api_calls == 2
 
 
-async def test_auth_errors_are_not_retried_and_hide_the_token(script: Script) -> None:
+async def test_a_401_the_token_check_confirms_is_an_auth_error(script: Script) -> None:
     script.get(status=401, body="")
     async with FastioClient.open(settings(script.base), max_connections=4) as client:
         with pytest.raises(AuthError) as info:
             await client.details("workspace", WS, [A])
-        assert client.api_calls == 1
+        assert client.api_calls == 2  # the call, then the token check; neither retried
+    assert script.paths[1] == "/current/user/auth/check/"
     assert "secret-token-123" not in str(info.value)
+
+
+async def test_a_401_with_a_good_token_fails_only_that_call(script: Script) -> None:
+    script.get(status=401, payload={"result": False, "error": {"code": 10545, "text": "No"}})
+    script.get(payload={"result": True, "user": {"id": "1"}})
+    async with FastioClient.open(settings(script.base), max_connections=4) as client:
+        with pytest.raises(AccessError) as info:
+            await client.details("workspace", WS, [A])
+        assert client.api_calls == 2
+    assert info.value.status == 401 and "code 10545" in str(info.value)
+    assert info.value.hint is not None and "not a member" in info.value.hint
 
 
 def test_wait_hint_order() -> None:
@@ -151,7 +164,8 @@ def test_wait_hint_order() -> None:
 
 def test_status_mapping() -> None:
     assert isinstance(map_http_error(402, {}, None, "x"), PaymentRequiredError)
-    assert isinstance(map_http_error(403, {}, None, "x"), AuthError)
+    assert isinstance(map_http_error(403, {}, None, "x"), AccessError)
+    assert isinstance(map_http_error(401, {}, None, "x"), AccessError)
     read_403 = map_http_error(403, {}, None, "read", on_read=True)
     assert isinstance(read_403, ApiError) and not read_403.retryable
     for status in (408, 425, 429, 500, 502, 503, 504):
@@ -162,3 +176,109 @@ def test_status_mapping() -> None:
         404, {}, {"result": False, "error_message": "No such node", "error_id": 4}, "x"
     )
     assert "No such node" in str(flat)
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+@pytest.mark.parametrize(
+    ("payload", "sent", "items", "cursor"),
+    [
+        ({"nodes": {"items": [{"id": A}], "count": 1}, "next_cursor": None}, None, 1, None),
+        ({"nodes": [], "pagination": {"has_more": False}}, None, 0, None),
+        ({"nodes": {A: {"name": "a"}, B: {"id": B}}, "next_cursor": "c"}, None, 2, "c"),
+        ({"items": [{"id": A}], "pagination": {"next_cursor": "c2"}}, "c1", 1, "c2"),
+        ({"files": [{"id": A}], "next_cursor": "c1"}, "c1", 1, None),  # the cursor just sent
+        ({"nodes": [{"id": A}], "pagination": {"has_more": False, "next": "x"}}, None, 1, None),
+    ],
+)
+def test_listing_answers_understood(
+    payload: dict[str, Any], sent: str | None, items: int, cursor: str | None
+) -> None:
+    page = parse_listing(payload, sent)
+    assert len(page.items) == items and page.cursor == cursor
+    assert all(isinstance(item.get("id"), str) for item in page.items)
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        ({"data": [{"id": A}], "next_cursor": None}, "unrecognised answer (keys: data, next_"),
+        ({"nodes": {}}, "holds an empty object"),
+        ({"nodes": {"count": 3}}, "not a list of nodes"),
+        ({"nodes": [{"id": A}, "B"]}, "not a list of nodes"),
+        ({"nodes": [{"id": A}], "pagination": {"has_more": True}}, "has_more"),
+        ({"nodes": [{"id": A}], "continuation": "c9"}, "['continuation']"),
+        ({"nodes": [{"id": A}], "pagination": {"nextPageToken": "c9"}}, "pagination.nextPage"),
+        ({"nodes": [{"id": A}] * 3}, "a full page of 3"),
+    ],
+)
+def test_listing_answers_in_doubt_are_errors(payload: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        parse_listing(payload, None, page_size=3)
+
+
+async def test_details_answer_not_understood_is_an_error(script: Script) -> None:
+    script.get(payload={"result": True, "things": [{"id": A}]})
+    async with FastioClient.open(settings(script.base), max_connections=4) as client:
+        with pytest.raises(ApiError, match=r"unrecognised answer \(keys: result, things\)"):
+            await client.details("workspace", WS, [A])
+
+
+@pytest.mark.parametrize("result", [False, "no"])
+async def test_a_refusal_under_200_is_never_retried(script: Script, result: object) -> None:
+    script.get(payload={"result": result, "error": {"code": 1, "text": "Not allowed"}})
+    async with FastioClient.open(settings(script.base), max_connections=4) as client:
+        with pytest.raises(ApiError, match="Not allowed") as info:
+            await client.request_read("workspace", WS, A)
+        assert client.api_calls == 1
+    assert not info.value.retryable
+
+
+def test_limit_expiry_is_a_hint_for_429_only() -> None:
+    now = time.time()
+    headers = {"x-ve-limit-expires": str(int(now) + 40)}
+    assert map_http_error(429, headers, None, "x").wait_hint == pytest.approx(40, abs=2)  # type: ignore[union-attr]
+    assert map_http_error(503, headers, None, "x").wait_hint is None  # type: ignore[union-attr]
+    assert map_http_error(500, headers, None, "x").wait_hint is None  # type: ignore[union-attr]
+    # A 503 that names its own Retry-After (RFC 9110) is believed.
+    assert map_http_error(503, {"Retry-After": "2"}, None, "x").wait_hint == 2  # type: ignore[union-attr]
+
+
+async def test_a_429_holds_every_api_caller(script: Script) -> None:
+    limited = {"result": False, "error": {"code": 145858, "params": {"retry_after_seconds": 0.4}}}
+    script.get(status=429, payload=limited)
+    script.get(payload={"result": True, "token": "rt.1"})
+    async with FastioClient.open(
+        settings(script.base, max_retry_wait=5.0), max_connections=4
+    ) as client:
+        held = asyncio.Event()
+        hold = client.gate.hold
+
+        def hold_and_tell(seconds: float) -> None:
+            hold(seconds)
+            held.set()
+
+        client.gate.hold = hold_and_tell  # type: ignore[method-assign]
+        first = asyncio.ensure_future(client.request_read("workspace", WS, A))
+        await held.wait()
+        # A caller that comes after the 429 waits for the same gate: it never meets the limit.
+        second = await client.request_read("workspace", WS, B)
+        assert await first == "rt.1" and second == "rt.1"
+    arrivals = script.arrivals
+    assert len(arrivals) == 3
+    assert arrivals[1] - arrivals[0] >= 0.35 and arrivals[2] - arrivals[0] >= 0.35
+
+
+async def test_no_requests_left_in_the_window_holds_new_calls(script: Script) -> None:
+    script.get(payload={"result": True, "token": "rt.1"})
+    script.headers = lambda: {
+        "x-ve-limit-avail": "0",
+        "x-ve-limit-expires": f"{time.time() + 0.4:.3f}",
+    }
+    async with FastioClient.open(
+        settings(script.base, max_retry_wait=5.0), max_connections=4
+    ) as client:
+        await client.request_read("workspace", WS, A)
+        await client.request_read("workspace", WS, B)
+    assert script.arrivals[1] - script.arrivals[0] >= 0.35

@@ -156,3 +156,56 @@ def test_a_capped_read_never_runs_ahead_of_its_cap() -> None:
             assert time.monotonic() - began >= 400_000 / rate * 0.95
             response.close()
         connection.close()
+
+
+def test_rate_window_counts_down_then_refuses_until_it_resets() -> None:
+    emulator, _ = build(DatasetSpec(files=3, depth=0))
+    emulator.switches.rate_window = 3
+    emulator.switches.rate_window_seconds = 30
+    with EmulatorThread(emulator) as server:
+        answers = [call(server.api_base, "/user/auth/check/") for _ in range(4)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 429]
+    assert [h["x-ve-limit-avail"] for _, h, _ in answers] == ["2", "1", "0", "0"]
+    expires = {float(h["x-ve-limit-expires"]) for _, h, _ in answers}
+    assert len(expires) == 1 and expires.pop() > time.time() + 20
+    assert body(answers[3][2])["error"]["params"]["retry_after_seconds"] > 20
+
+
+def test_yes_no_envelopes_and_refusals_by_space_and_node() -> None:
+    from fastio_dl.emulator import Refusal
+
+    emulator, space = build(DatasetSpec(files=3, depth=0, notes=0, links=0))
+    a, b = list(space.files())[:2]
+    emulator.switches.yes_no = True
+    emulator.switches.refusals = [Refusal(403, 10560, "Restricted", node=a.id)]
+    with EmulatorThread(emulator) as server:
+        base = f"/workspace/{space.id}/storage"
+        status, _, raw = call(server.api_base, f"{base}/{a.id}/details/")
+        assert status == 403 and body(raw)["result"] == "no"
+        assert body(raw)["error"]["code"] == 10560
+        status, _, raw = call(server.api_base, f"{base}/{a.id},{b.id}/details/")
+        assert status == 200 and body(raw)["result"] == "yes"
+        assert [n["id"] for n in body(raw)["nodes"]] == [b.id]
+        assert body(raw)["errors"][0]["code"] == 10560
+        emulator.switches.refusals = [Refusal(401, 10545, "Not a member", space=space.id)]
+        assert call(server.api_base, f"{base}/root/list/?page_size=100")[0] == 401
+        assert call(server.api_base, "/user/auth/check/")[0] == 200  # the token is fine
+
+
+def test_reads_are_recorded_with_version_and_encoding() -> None:
+    emulator, space = build(DatasetSpec(files=1, depth=0, notes=0, links=0, min_size=10))
+    (node,) = space.files()
+    with EmulatorThread(emulator) as server:
+        path = f"/workspace/{space.id}/storage/{node.id}/read/?version_id={node.version}"
+        status, _, _ = call(server.api_base, path, headers={"Accept-Encoding": "identity"})
+        assert status == 200
+        bad = f"/workspace/{space.id}/storage/{node.id}/requestread/?version_id=vnope"
+        assert call(server.api_base, bad)[0] == 404
+    assert emulator.reads[0] == {
+        "endpoint": "read",
+        "node": node.id,
+        "version_id": node.version,
+        "accept_encoding": "identity",
+        "token": False,
+        "range": None,
+    }

@@ -9,7 +9,7 @@ from fastio_dl.events import FileFinished, FileProgress, FileQueued, FileStarted
 from fastio_dl.reporting.panel import RichPanel
 from fastio_dl.reporting.plain import PlainReporter
 from fastio_dl.state import State
-from fastio_dl.sync import finish_sync
+from fastio_dl.sync import DeleteLimit, finish_sync
 
 
 def test_panel_restart_of_a_file_keeps_one_row_and_true_totals() -> None:
@@ -53,7 +53,15 @@ def test_sync_dry_run_summary_counts_by_kind(tmp_path: Path) -> None:
             finished(Kind.UP_TO_DATE, "dry run: would download"),
         ]
         report = finish_sync(
-            tmp_path, state, set(), 0, events, delete=False, max_delete=None, dry_run=True
+            tmp_path,
+            state,
+            set(),
+            0,
+            events,
+            delete=False,
+            max_delete=DeleteLimit(),
+            dry_run=True,
+            tracked=0,
         )
     finally:
         state.close()

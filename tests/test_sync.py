@@ -51,7 +51,9 @@ def test_second_sync_moves_nothing_and_mints_no_token(synced) -> None:
     assert again.summary()["downloaded"] == 0 and again.summary()["skipped"] == 42  # + note, link
     counters = served.emulator.counters
     assert counters["tokens_minted"] == 0 and counters["requestread"] == 0 and counters["read"] == 0
-    assert set(k for k in counters if not k.startswith("status:")) <= {"list", "requests"}
+    # The listings and the token check at the start: nothing else.
+    assert set(k for k in counters if not k.startswith("status:")) <= {"list", "check", "requests"}
+    assert counters["check"] == 1
 
 
 def test_changed_remote_file_is_replaced_others_untouched(synced) -> None:

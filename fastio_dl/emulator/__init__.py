@@ -25,9 +25,11 @@ from fastio_dl.emulator.data import (
 from fastio_dl.emulator.server import (
     DEFAULT_TOKEN,
     HOST,
+    LIST_SHAPES,
     Emulator,
     EmulatorThread,
     Fault,
+    Refusal,
     Switches,
 )
 
@@ -56,12 +58,14 @@ __all__ = [
     "DEFAULT_TOKEN",
     "DEMO_WORKSPACE_ID",
     "HOST",
+    "LIST_SHAPES",
     "BytesBlob",
     "DatasetSpec",
     "Emulator",
     "EmulatorThread",
     "Fault",
     "Node",
+    "Refusal",
     "SeededBlob",
     "Space",
     "Store",

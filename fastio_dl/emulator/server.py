@@ -7,6 +7,7 @@ try fastio-dl offline.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import secrets
@@ -86,6 +87,47 @@ class Fault:
         return cls(kind=kind.strip(), **kwargs)
 
 
+# Shapes a folder listing may take (fastio-api.md section 4 and 7). "choice" is the contract's
+# CHOICE; the client must read "array" to "id_keyed", and must fail loudly on the others.
+LIST_SHAPES = (
+    "choice",  # {nodes: {items, count}, next_cursor, pagination: {page_size, has_more, ...}}
+    "array",  # {nodes: [...], next_cursor}
+    "items",  # {items: [...], pagination: {has_more, next_cursor}}
+    "files",  # {files: [...], next_cursor}
+    "wrapped",  # {response: {nodes: [...], next_cursor}}
+    "id_keyed",  # {nodes: {ID: node, ...}, next_cursor}; an empty folder: [] (PHP's json_encode)
+    "unknown_key",  # {data: [...], next_cursor}: children under a key nobody reads
+    "cursor_elsewhere",  # {nodes: [...], continuation: C}: the cursor under another key
+    "has_more_no_cursor",  # {nodes: [...], pagination: {has_more}}: no cursor at all
+)
+READ_ENDPOINTS = ("details", "list", "requestread", "read")
+
+
+@dataclass
+class Refusal:
+    """Answer ``status`` with error ``code`` on some endpoints of a space, or of one node.
+
+    401 10545 (not a member), 401 115069 (not shared with you), 403 (restricted, scope), or
+    402 on ``requestread``: the refusals the real API may give one workspace or file while the
+    token itself is fine.
+    """
+
+    status: int
+    code: int
+    text: str = "Access denied"
+    endpoints: tuple[str, ...] = READ_ENDPOINTS
+    space: str | None = None  # a space id or name; None: every space
+    node: str | None = None  # a node id (folder for list, file for reads); None: every node
+    times: int | None = None  # how many times it fires; None: every time
+
+    def matches(self, endpoint: str, space: Space, node_ids: list[str]) -> bool:
+        if endpoint not in self.endpoints or self.times == 0:
+            return False
+        if self.space is not None and self.space not in (space.id, space.name):
+            return False
+        return self.node is None or _norm(self.node) in node_ids
+
+
 @dataclass
 class Switches:
     latency: float = 0.0  # seconds added to every request
@@ -96,6 +138,17 @@ class Switches:
     redirect_reads_to: str | None = None  # base URL of another origin: /read/ answers 307 there
     faults: list[Fault] = field(default_factory=list)
     seed: int = 7
+    list_shape: str = "choice"  # one of LIST_SHAPES
+    list_page_size: int = 0  # the server's own page size (0: the page_size asked for)
+    yes_no: bool = False  # envelopes say result "yes"/"no" instead of true/false
+    refusals: list[Refusal] = field(default_factory=list)
+    rate_window: int = 0  # API requests per window (0: no limit); x-ve-limit-avail counts down
+    rate_window_seconds: float = 60.0
+    revoke_tokens_after: int = 0  # after this many API requests every API token dies (0: never)
+
+    def __post_init__(self) -> None:
+        if self.list_shape not in LIST_SHAPES:
+            raise ValueError(f"unknown list shape {self.list_shape!r}; one of {LIST_SHAPES}")
 
 
 class Emulator:
@@ -113,6 +166,10 @@ class Emulator:
         self.counters: Counter[str] = Counter()
         self.rng = random.Random(self.switches.seed)
         self.requests: list[dict[str, Any]] = []  # (endpoint, headers) of the last requests
+        # One record per read and requestread: what the client asked for (version_id, encoding).
+        self.reads: list[dict[str, Any]] = []
+        self._window_end = 0.0  # the rate window's reset (time.time())
+        self._window_left = 0
         self._sending = 0  # reads moving bytes now
         self._read_peers: set[tuple[Any, ...]] = set()  # client addresses that read
         # When the first read since the last reset arrived (time.monotonic(), the same clock in
@@ -157,6 +214,7 @@ class Emulator:
     def reset_counters(self) -> None:
         self.counters.clear()
         self.requests.clear()
+        self.reads.clear()
         self._read_peers.clear()
         self.first_read_at = None
 
@@ -189,6 +247,14 @@ class Emulator:
     ) -> web.StreamResponse:
         if request.path.startswith("/_emulator/"):
             return await handler(request)  # type: ignore[no-any-return]
+        response = await self._answer(request, handler)
+        if self.switches.yes_no:
+            _say_yes_no(response)
+        return response
+
+    async def _answer(
+        self, request: web.Request, handler: Callable[..., Any]
+    ) -> web.StreamResponse:
         endpoint = request.path.rstrip("/").rsplit("/", 1)[-1]
         if endpoint == "read" and self.first_read_at is None:
             self.first_read_at = time.monotonic()
@@ -196,9 +262,47 @@ class Emulator:
         self.counters["requests"] += 1
         if len(self.requests) < 10_000:
             self.requests.append({"endpoint": endpoint, "headers": dict(request.headers)})
+        if endpoint in ("read", "requestread") and len(self.reads) < 200_000:
+            self.reads.append(
+                {
+                    "endpoint": endpoint,
+                    "node": request.match_info.get("node", "").replace("-", "").lower(),
+                    "version_id": request.query.get("version_id"),
+                    "accept_encoding": request.headers.get("Accept-Encoding"),
+                    "token": "token" in request.query,
+                    "range": request.headers.get("Range"),
+                }
+            )
         if self.switches.latency:
             await asyncio.sleep(self.switches.latency)
         kind = "read" if endpoint == "read" else "api"
+        if kind == "api" and self.switches.revoke_tokens_after:
+            self.counters["api_requests"] += 1
+            if self.counters["api_requests"] > self.switches.revoke_tokens_after:
+                self.tokens.clear()
+        limits: dict[str, str] = {}
+        if kind == "api" and self.switches.rate_window:
+            now = time.time()
+            if now >= self._window_end:
+                self._window_end = now + self.switches.rate_window_seconds
+                self._window_left = self.switches.rate_window
+            limits = {
+                "x-ve-limit-max": str(self.switches.rate_window),
+                "x-ve-limit-expires": f"{self._window_end:.3f}",
+            }
+            if self._window_left <= 0:
+                self.counters["status:429"] += 1
+                self.counters["rate_window_refused"] += 1
+                wait = round(self._window_end - now, 3)
+                return _error(
+                    429,
+                    145858,
+                    "Rate Limited",
+                    params={"retry_after_seconds": wait},
+                    headers={**limits, "x-ve-limit-avail": "0"},
+                )
+            self._window_left -= 1
+            limits["x-ve-limit-avail"] = str(self._window_left)
         fault = self._fire("rate_limit", kind)
         if fault is not None:
             self.counters["status:429"] += 1
@@ -216,23 +320,58 @@ class Emulator:
                 status=fault.status,
                 text="<html>upstream unavailable</html>",
                 content_type="text/html",
+                # The window's reset rides on every answer: no wait hint for a 5xx.
+                headers={"x-ve-limit-expires": str(int(time.time()) + 60)},
             )
         fault = self._fire("payment", kind)
         if fault is not None:
             return _error(402, 1402, "Payment Required")
+        refused = self._refusal(request, endpoint)
+        if refused is not None:
+            self.counters[f"refused:{endpoint}"] += 1
+            self.counters[f"status:{refused.status}"] += 1
+            return _error(refused.status, refused.code, refused.text)
         response = await handler(request)
         self.counters[f"status:{response.status}"] += 1
         if kind == "api":
-            response.headers["x-ve-limit-avail"] = "1000"
-            response.headers["x-ve-limit-max"] = "1000"
-            response.headers["x-ve-limit-expires"] = str(int(time.time()) + 60)
+            response.headers.update(
+                limits
+                or {
+                    "x-ve-limit-avail": "1000",
+                    "x-ve-limit-max": "1000",
+                    "x-ve-limit-expires": str(int(time.time()) + 60),
+                }
+            )
         return response  # type: ignore[no-any-return]
+
+    def _refusal(self, request: web.Request, endpoint: str) -> Refusal | None:
+        """The first refusal for this request; a bulk details request is refused only when
+        every id is (the others are answered, the refused ones listed in ``errors``)."""
+        if not self.switches.refusals or endpoint not in READ_ENDPOINTS:
+            return None
+        info = request.match_info
+        space = self.store.find(info.get("ctx", ""), info.get("sid", ""))
+        if space is None:
+            return None
+        ids = [_norm(i) for i in info.get("node", "").split(",")]
+        for refusal in self.switches.refusals:
+            if refusal.matches(endpoint, space, ids) and (refusal.node is None or len(ids) == 1):
+                if refusal.times is not None:
+                    refusal.times -= 1
+                return refusal
+        return None
+
+    def _refused_node(self, space: Space, node_id: str) -> Refusal | None:
+        for refusal in self.switches.refusals:
+            if refusal.node is not None and refusal.matches("details", space, [_norm(node_id)]):
+                return refusal
+        return None
 
     def _auth(self, request: web.Request) -> web.Response | None:
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer ") and header[7:] in self.tokens:
             return None
-        return _error(401, 10001, "Authentication required" if not header else "Invalid token")
+        return _error(401, 10011, "Authentication required" if not header else "Invalid token")
 
     def _space(self, request: web.Request) -> Space | web.Response:
         kind = request.match_info["ctx"]
@@ -274,7 +413,10 @@ class Emulator:
         nodes, errors = [], []
         for node_id in ids:
             node = self._node(space, node_id)
-            if node is None:
+            refused = self._refused_node(space, node_id)
+            if refused is not None:
+                errors.append({"node_id": node_id, "code": refused.code, "message": refused.text})
+            elif node is None:
                 errors.append({"node_id": node_id, "code": 1404, "message": "Node not found"})
             else:
                 nodes.append(node.to_json())
@@ -308,19 +450,14 @@ class Emulator:
                 start = int(cursor, 16)
             except ValueError:
                 return _error(400, 1400, "bad cursor")
-        page = children[start : start + page_size]
-        more = start + page_size < len(children)
-        next_cursor = format(start + page_size, "x") if more else None
+        size = self.switches.list_page_size or page_size
+        page = children[start : start + size]
+        more = start + size < len(children)
+        next_cursor = format(start + size, "x") if more else None
         return _ok(
-            {
-                "nodes": {"items": [c.to_json() for c in page], "count": len(page)},
-                "next_cursor": next_cursor,
-                "pagination": {
-                    "page_size": page_size,
-                    "has_more": more,
-                    "next_cursor": next_cursor,
-                },
-            }
+            _list_payload(
+                self.switches.list_shape, [c.to_json() for c in page], more, size, next_cursor
+            )
         )
 
     async def versions(self, request: web.Request) -> web.Response:
@@ -455,6 +592,9 @@ class Emulator:
         node = self._node(space, request.match_info["node"])
         if node is None:
             return _error(404, 1404, "Node not found")
+        version_id = request.query.get("version_id")
+        if version_id and all(v.id != version_id for v in node.versions):
+            return _error(404, 1404, "Version not found")
         token = "rt." + secrets.token_urlsafe(24)
         self.read_tokens[token] = (space.kind, space.id, node.id, time.time() + READ_TOKEN_TTL)
         self.counters["tokens_minted"] += 1
@@ -662,6 +802,49 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     if start >= size or end < start:
         return None
     return start, min(end, size - 1)
+
+
+def _norm(node_id: str) -> str:
+    return node_id.replace("-", "").lower()
+
+
+def _list_payload(
+    shape: str, items: list[dict[str, Any]], more: bool, size: int, cursor: str | None
+) -> dict[str, Any]:
+    """A listing page in one of LIST_SHAPES."""
+    if shape == "choice":
+        return {
+            "nodes": {"items": items, "count": len(items)},
+            "next_cursor": cursor,
+            "pagination": {"page_size": size, "has_more": more, "next_cursor": cursor},
+        }
+    if shape == "array":
+        return {"nodes": items, "next_cursor": cursor}
+    if shape == "items":
+        return {"items": items, "pagination": {"has_more": more, "next_cursor": cursor}}
+    if shape == "files":
+        return {"files": items, "next_cursor": cursor}
+    if shape == "wrapped":
+        return {"response": {"nodes": items, "next_cursor": cursor}}
+    if shape == "id_keyed":
+        return {"nodes": {item["id"]: item for item in items} or [], "next_cursor": cursor}
+    if shape == "unknown_key":
+        return {"data": items, "next_cursor": cursor}
+    if shape == "cursor_elsewhere":
+        return {"nodes": items, "continuation": cursor}
+    return {"nodes": items, "pagination": {"has_more": more}}  # has_more_no_cursor
+
+
+def _say_yes_no(response: web.StreamResponse) -> None:
+    """Rewrite a JSON answer's ``result`` true/false as "yes"/"no" (both are live)."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return
+    if not isinstance(response.body, bytes):
+        return
+    body = json.loads(response.body)
+    if isinstance(body, dict) and isinstance(body.get("result"), bool):
+        body["result"] = "yes" if body["result"] else "no"
+        response.body = json.dumps(body).encode()
 
 
 def _ok(payload: dict[str, Any]) -> web.Response:
