@@ -35,13 +35,14 @@ from fastio_dl.config import (
     option_env,
 )
 from fastio_dl.errors import ExitCode, FastioDlError, UsageError, missing_token_error, redact
-from fastio_dl.events import Fanout, Notice, Recorder, Reporter
+from fastio_dl.events import Fanout, Notice, Reporter
 from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
 from fastio_dl.models import Outcome, Target
 from fastio_dl.policy import LocalPolicy
 from fastio_dl.process import leave_now, run_async
 from fastio_dl.refs import parse_ref
 from fastio_dl.reporting import PROGRESS_MODES, make_reporter
+from fastio_dl.storage import FSYNC_MODES
 from fastio_dl.transfer import Engine
 
 app = typer.Typer(
@@ -155,6 +156,14 @@ LogFileOpt = Annotated[
     Path | None, _opt("--log-file", help="Append timestamped log lines to this file.")
 ]
 DebugOpt = Annotated[bool, _opt("--debug", help="Show tracebacks and debug notices.")]
+FsyncOpt = Annotated[
+    str,
+    _opt(
+        "--fsync",
+        help="batch: small files reach the disk in groups (one syncfs each) before they are "
+        "recorded or reported; each: an fsync per file before it gets its name.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -347,6 +356,7 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
         if values.get("limit_rate")
         else 0,
         "log_file": values.get("log_file"),
+        "fsync": check_choice("--fsync", values["fsync"], FSYNC_MODES),
     }
     check_choice("--progress", values["progress"], PROGRESS_MODES)
     return load_settings(flags, file_values=_CONFIG["file"].low_precedence_values())
@@ -501,6 +511,7 @@ def get(
     shard: ShardOpt = None,
     limit_rate: LimitRateOpt = None,
     log_file: LogFileOpt = None,
+    fsync: FsyncOpt = "batch",
     debug: DebugOpt = False,
 ) -> None:
     """Download files and whole folders (recursively) into DEST."""
@@ -573,6 +584,7 @@ def sync(
     shard: ShardOpt = None,
     limit_rate: LimitRateOpt = None,
     log_file: LogFileOpt = None,
+    fsync: FsyncOpt = "batch",
     debug: DebugOpt = False,
 ) -> None:
     """Bring DEST up to date with a manifest: only new or changed files move."""
@@ -580,6 +592,7 @@ def sync(
     from fastio_dl.policy import SyncPolicy
     from fastio_dl.state import State
     from fastio_dl.sync import (
+        DryRunTally,
         destination_lock,
         finish_sync,
         parse_max_delete,
@@ -601,9 +614,9 @@ def sync(
             state = State(state_path(dest))
             try:
                 tracked = state.count()
-                recorder = Recorder()
-                reporter = Fanout(make_run_reporter(values, settings), recorder)
-                policy = SyncPolicy(state, dry_run=dry_run)
+                tally = DryRunTally()
+                reporter = Fanout(make_run_reporter(values, settings), tally)
+                policy = SyncPolicy(state, dry_run=dry_run, fsync_each=settings.fsync == "each")
                 outcome = run_engine(
                     settings, parsed.targets, reporter, policy=policy, dry_run=dry_run
                 )
@@ -617,7 +630,7 @@ def sync(
                     state,
                     outcome.planned_paths,
                     outcome.plan_failures,
-                    recorder.finished(),
+                    tally,
                     delete=delete,
                     max_delete=limit,
                     dry_run=dry_run,
@@ -666,21 +679,26 @@ def list_command(
         settings = _api_settings(token, api_base, ca_bundle, debug, profile)
 
         async def collect() -> list[Entry]:
+            # Lines and JSON go out as the listing arrives, without a flush (a system call) per
+            # line: a million entries cost no memory. Only the table keeps them, for its widths.
+            kept: list[Entry] = []
+            out = sys.stdout
             async with FastioClient.open(settings, max_connections=4) as client:
                 try:
-                    return [
-                        entry async for entry in list_entries(client, parsed, recursive=recursive)
-                    ]
+                    async for entry in list_entries(client, parsed, recursive=recursive):
+                        if manifest_out:
+                            if entry.kind == "file" or (entry.kind == "folder" and not recursive):
+                                out.write(entry.manifest_line() + "\n")
+                        elif json_out:
+                            out.write(json.dumps(entry.record(), ensure_ascii=False) + "\n")
+                        else:
+                            kept.append(entry)
                 finally:
+                    out.flush()
                     _echo_warnings(client)
+            return kept
 
         entries = run_async(collect)
-        for entry in entries:
-            if manifest_out:
-                if entry.kind == "file" or (entry.kind == "folder" and not recursive):
-                    typer.echo(entry.manifest_line())
-            elif json_out:
-                typer.echo(json.dumps(entry.record(), ensure_ascii=False))
         if not (manifest_out or json_out):
             rows = [
                 (

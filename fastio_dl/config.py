@@ -58,6 +58,9 @@ class Settings:
     log_file: Path | None = None
     segments: int = 4  # ranged requests per large file (1: one stream)
     segment_threshold: int = 64 * 1024 * 1024
+    # batch: small files made durable in groups (one syncfs per group) before they are
+    # recorded or reported; each: an fsync per file before it gets its name
+    fsync: str = "batch"
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: the official CLI's stored login the token came from (refreshed and written back there)
     login: StoredLogin | None = field(default=None, compare=False, repr=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 from fastio_dl.errors import FastioDlError
 from fastio_dl.events import Kind
 from fastio_dl.refs import Ref
+from fastio_dl.state import Claims
 
 STATE_DIR = ".fastio-dl"  # fastio-dl's own files in a destination (sync state, lock)
 PART_SUFFIX = ".part"
@@ -83,5 +84,6 @@ class Outcome:
     interrupted: bool = False
     failed_targets: list[Target] = field(default_factory=list)
     plan_failures: int = 0  # references or folders that could not be resolved completely
-    planned_paths: set[str] = field(default_factory=set)  # every local path this run claimed
+    # Every local path this run claimed (in SQLite: a million paths cost no memory)
+    planned_paths: Claims = field(default_factory=Claims)
     signal: int | None = None  # the signal that interrupted the run

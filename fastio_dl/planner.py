@@ -17,6 +17,7 @@ from fastio_dl.errors import AuthError, FastioDlError, describe
 from fastio_dl.events import Kind
 from fastio_dl.models import PlanEntry, PlanFailure, PlanItem, PlanSkip, RemoteFile, Target
 from fastio_dl.names import safe_name, safe_relpath
+from fastio_dl.state import Claims
 
 LIST_CONCURRENCY = 4
 HEAD_START = 32  # the run's first files are handed on one by one as they are planned
@@ -54,8 +55,9 @@ def _is_complete(node: Mapping[str, Any]) -> bool:
 class Planner:
     client: FastioClient
     out: asyncio.Queue[PlanEntry | None]
-    claimed: dict[str, tuple[str, str]] = field(default_factory=dict)
-    folded: dict[str, str] = field(default_factory=dict)  # casefolded path -> claimed path
+    # Every local path claimed so far, with its owner: in SQLite, not in memory (a million
+    # files would otherwise cost hundreds of MB here).
+    claimed: Claims = field(default_factory=Claims)
     _next_key: int = 0
     _details_gate: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(DETAILS_CONCURRENCY)
@@ -94,39 +96,50 @@ class Planner:
         if isinstance(entry, PlanItem):
             path_key = entry.relpath.as_posix()
             owner = (entry.remote.context_id, entry.remote.node_id)
-            other = self.claimed.get(path_key)
-            if other == owner:
-                return  # the same file asked for twice: fetch it once
-            sanitised = (
-                entry.target.dest is None and safe_name(entry.remote.name) != entry.remote.name
-            )
-            if other is None or sanitised:
-                # Different remote names that became one local name (by case or by sanitising)
-                # are told apart deterministically; identical remote names are a real collision.
-                entry.relpath = self._disambiguate(entry.relpath, entry.remote.node_id)
-                path_key = entry.relpath.as_posix()
-                other = self.claimed.get(path_key)
-            if other is not None:
-                await self.out.put(
-                    PlanFailure(
-                        entry.target,
-                        entry.remote.node_id,
-                        entry.relpath,
-                        f"local path {path_key} is already taken by node {other[1]}; "
-                        "give one of them another DEST in a manifest",
-                    )
-                )
+            # The usual case first: a path nobody claimed yet, not even in another case.
+            if not self.claimed.claim(path_key, owner) and not await self._claim_contended(
+                entry, path_key, owner
+            ):
                 return
-            self.claimed[path_key] = owner
-            self.folded[path_key.casefold()] = path_key
             self._next_key += 1
             entry.key = self._next_key
         await self.out.put(entry)
 
+    async def _claim_contended(
+        self, entry: PlanItem, path_key: str, owner: tuple[str, str]
+    ) -> bool:
+        """``path_key`` (or a name differing from it only in case) is taken: drop a file asked
+        for twice, rename a name that only became equal locally, fail a real collision."""
+        other = self.claimed.owner(path_key)
+        if other == owner:
+            return False  # the same file asked for twice: fetch it once
+        sanitised = entry.target.dest is None and safe_name(entry.remote.name) != entry.remote.name
+        if other is None or sanitised:
+            # Different remote names that became one local name (by case or by sanitising)
+            # are told apart deterministically; identical remote names are a real collision.
+            entry.relpath = self._disambiguate(entry.relpath, entry.remote.node_id)
+            path_key = entry.relpath.as_posix()
+            if self.claimed.claim(path_key, owner):
+                return True
+            held = self.claimed.holder(path_key)
+            other = held[1] if held is not None else ("", "?")
+            if other == owner:
+                return False
+        await self.out.put(
+            PlanFailure(
+                entry.target,
+                entry.remote.node_id,
+                entry.relpath,
+                f"local path {path_key} is already taken by node {other[1]}; "
+                "give one of them another DEST in a manifest",
+            )
+        )
+        return False
+
     def _disambiguate(self, relpath: Path, node_id: str) -> Path:
         """Names differing only in case would be one file on macOS/Windows: give the later one
         a deterministic suffix from its node id."""
-        if relpath.as_posix().casefold() not in self.folded:
+        if self.claimed.holder(relpath.as_posix()) is None:
             return relpath
         name = relpath.name
         stem, dot, ext = name.rpartition(".")

@@ -7,8 +7,11 @@ files this host handles.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +19,7 @@ from typing import Protocol
 from fastio_dl.events import Kind
 from fastio_dl.models import PlanItem
 from fastio_dl.state import Record, State, local_matches_record
-from fastio_dl.storage import EmptyAtStart, matches_local
+from fastio_dl.storage import EmptyAtStart, fsync_path, matches_local
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Decision:
     skip: Kind | None = None  # set: nothing to download
     reason: str | None = None  # why, for people to read
     replace: bool = False  # a different local file will be replaced
+    record: bool = False  # with skip: an identical local file to record (adopt)
 
 
 class LocalPolicy(Protocol):
@@ -34,6 +38,11 @@ class LocalPolicy(Protocol):
     async def decide(self, item: PlanItem, final: Path) -> Decision: ...
 
     async def record(self, item: PlanItem, final: Path) -> None: ...
+
+    def durable(self) -> Callable[[], None] | None:
+        """Hand over what ``record`` staged: the call that commits it, run by the Flusher once
+        the files are on disk (None: nothing staged)."""
+        ...
 
 
 class GetPolicy:
@@ -56,14 +65,23 @@ class GetPolicy:
     async def record(self, item: PlanItem, final: Path) -> None:
         return None
 
+    def durable(self) -> Callable[[], None] | None:
+        return None
+
 
 class SyncPolicy:
-    """Skip what the state says is current; adopt identical untracked files; record writes."""
+    """Skip what the state says is current; adopt identical untracked files; record writes.
 
-    def __init__(self, state: State, *, dry_run: bool) -> None:
+    Records are staged by :meth:`record` and committed by the engine's Flusher, in one
+    transaction per group, only after the files they describe are on disk (``durable``).
+    """
+
+    def __init__(self, state: State, *, dry_run: bool, fsync_each: bool = False) -> None:
         self.state = state
         self.dry_run = dry_run
+        self.fsync_each = fsync_each  # no group sync: an adopted file is fsynced on its own
         self.local = EmptyAtStart()  # what was on disk before this run
+        self._staged: list[Record] = []
 
     async def decide(self, item: PlanItem, final: Path) -> Decision:
         remote = item.remote
@@ -80,15 +98,16 @@ class SyncPolicy:
             if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
                 if self.dry_run:
                     return Decision(Kind.WOULD_ADOPT, "dry run: would adopt (identical local file)")
-                await self.record(item, final)
-                return Decision(Kind.ADOPTED, "adopted (identical local file)")
+                if self.fsync_each:
+                    await asyncio.to_thread(fsync_path, final)
+                return Decision(Kind.ADOPTED, "adopted (identical local file)", record=True)
             return Decision(replace=True)
         return Decision()
 
     async def record(self, item: PlanItem, final: Path) -> None:
         stat = os.stat(final)
         remote = item.remote
-        self.state.put(
+        self._staged.append(
             Record(
                 path=item.relpath.as_posix(),
                 node_id=remote.node_id,
@@ -102,6 +121,12 @@ class SyncPolicy:
                 local_mtime_ns=stat.st_mtime_ns,
             )
         )
+
+    def durable(self) -> Callable[[], None] | None:
+        if not self._staged:
+            return None
+        staged, self._staged = self._staged, []
+        return functools.partial(self.state.put_many, staged)
 
 
 def in_shard(node_id: str, shard: tuple[int, int]) -> bool:

@@ -1,14 +1,24 @@
-"""What earlier syncs wrote into a destination: an embedded SQLite database (stdlib, WAL).
+"""What earlier syncs wrote into a destination, and what this run claimed: embedded SQLite.
 
 ``DEST/.fastio-dl/state.db`` holds, per local path, the node id, context, remote version, hash
 and size, and the local size and mtime written. A file is up to date when the remote version,
 hash and size match the record and the local file still has the recorded size and mtime.
+
+Nothing here is held per file in Python: a sync of a million files reads its records one by one
+and writes them in batches (one transaction each), and the paths a run claims live in a private
+on-disk SQLite database (:class:`Claims`), so memory stays flat whatever the number of files.
+
+Durability: records are written only in batches handed over by the engine after the files they
+describe were flushed to disk (see ``storage.Flusher``), so a record never claims a file that a
+crash could still lose. A record lost in a crash costs nothing but a hash: the next run finds an
+untracked file, hashes it, and adopts it when it is identical.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,9 +41,12 @@ CREATE TABLE IF NOT EXISTS files (
     synced_at REAL NOT NULL
 )
 """
+_COLUMNS = (
+    "path, node_id, context, context_id, version, hash, hash_algo, size, local_size, local_mtime_ns"
+)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     path: str
     node_id: str
@@ -57,52 +70,69 @@ class State:
         self.path = path
         self.db: sqlite3.Connection = sqlite3.connect(path, isolation_level=None, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit may be lost on power loss (the files it describes are then hashed
+        # and adopted again), never half-applied.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(SCHEMA)
-        self._cache = {row.path: row for row in self._all()}
-
-    def _all(self) -> list[Record]:
-        rows = self.db.execute(
-            "SELECT path, node_id, context, context_id, version, hash, hash_algo, size, local_size,"
-            " local_mtime_ns FROM files"
-        ).fetchall()
-        return [Record(*row) for row in rows]
 
     def get(self, path: str) -> Record | None:
-        return self._cache.get(path)
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
+        return None if row is None else Record(*row)
 
-    def paths(self) -> set[str]:
-        return set(self._cache)
+    def paths(self) -> Iterator[str]:
+        """Every tracked path, in order (a cursor: nothing is held in memory)."""
+        return (row[0] for row in self.db.execute("SELECT path FROM files ORDER BY path"))
 
     def count(self) -> int:
         """How many files are tracked."""
-        return len(self._cache)
+        return int(self.db.execute("SELECT count(*) FROM files").fetchone()[0])
 
     def put(self, record: Record) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                record.path,
-                record.node_id,
-                record.context,
-                record.context_id,
-                record.version,
-                record.hash,
-                record.hash_algo,
-                record.size,
-                record.local_size,
-                record.local_mtime_ns,
-                time.time(),
-            ),
-        )
-        self._cache[record.path] = record
+        self.put_many([record])
+
+    def put_many(self, records: Iterable[Record]) -> None:
+        """Write records in one transaction (one WAL commit instead of one per file)."""
+        now = time.time()
+        rows = [(*_fields(r), now) for r in records]
+        if not rows:
+            return
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def forget(self, path: str) -> None:
-        self.db.execute("DELETE FROM files WHERE path = ?", (path,))
-        self._cache.pop(path, None)
+        self.forget_many([path])
+
+    def forget_many(self, paths: Iterable[str]) -> None:
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
+
+
+def _fields(record: Record) -> tuple[object, ...]:
+    return (
+        record.path,
+        record.node_id,
+        record.context,
+        record.context_id,
+        record.version,
+        record.hash,
+        record.hash_algo,
+        record.size,
+        record.local_size,
+        record.local_mtime_ns,
+    )
 
 
 def local_matches_record(path: Path, record: Record) -> bool:
@@ -111,3 +141,88 @@ def local_matches_record(path: Path, record: Record) -> bool:
     except OSError:
         return False
     return stat.st_size == record.local_size and stat.st_mtime_ns == record.local_mtime_ns
+
+
+class Claims:
+    """The local paths this run claimed, each with its owner (context id, node id).
+
+    Kept in a private SQLite database on disk that disappears when closed: the planner asks it
+    about every file (two names that would be one file, the same file asked for twice), and
+    sync asks it which tracked paths the run no longer planned. SQLite's page cache is bounded
+    (a few MB), so a million paths cost disk, not memory.
+    """
+
+    COMMIT_EVERY = 4096  # claims per transaction: one journal write per batch, not per path
+
+    def __init__(self) -> None:
+        # "" is SQLite's private temporary database: on disk, deleted when the connection closes.
+        import sqlite3
+
+        self.db: sqlite3.Connection = sqlite3.connect("", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=OFF")  # nothing to recover: the data dies with us
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute(
+            "CREATE TABLE claims (folded TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE,"
+            " context_id TEXT NOT NULL, node_id TEXT NOT NULL)"
+        )
+        self._count = 0
+        self._uncommitted = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def claim(self, path: str, owner: tuple[str, str]) -> bool:
+        """Claim ``path`` for ``owner``; False (nothing changed) when the path, or one that
+        differs only in case, is taken already."""
+        if not self._uncommitted:
+            self.db.execute("BEGIN")
+        cursor = self.db.execute(
+            "INSERT OR IGNORE INTO claims VALUES (?,?,?,?)", (path.casefold(), path, *owner)
+        )
+        self._uncommitted += 1
+        if self._uncommitted >= self.COMMIT_EVERY:
+            self._commit()
+        if cursor.rowcount != 1:
+            return False
+        self._count += 1
+        return True
+
+    def holder(self, path: str) -> tuple[str, tuple[str, str]] | None:
+        """The claimed path equal to ``path`` up to case, and its owner."""
+        row = self.db.execute(
+            "SELECT path, context_id, node_id FROM claims WHERE folded = ?", (path.casefold(),)
+        ).fetchone()
+        return None if row is None else (row[0], (row[1], row[2]))
+
+    def owner(self, path: str) -> tuple[str, str] | None:
+        """Who claimed exactly ``path``."""
+        held = self.holder(path)
+        return held[1] if held is not None and held[0] == path else None
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self.owner(path) is not None
+
+    def paths(self) -> Iterator[str]:
+        """Every claimed path, in order (a cursor)."""
+        self._commit()
+        return (row[0] for row in self.db.execute("SELECT path FROM claims ORDER BY path"))
+
+    def _commit(self) -> None:
+        if self._uncommitted:
+            self.db.execute("COMMIT")
+            self._uncommitted = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def unclaimed(state: State, claims: Claims) -> Iterator[str]:
+    """Tracked paths that this run did not claim, in order: a merge of two sorted cursors, so
+    a million paths on each side cost no memory."""
+    claimed = claims.paths()
+    current = next(claimed, None)
+    for path in state.paths():
+        while current is not None and current < path:
+            current = next(claimed, None)
+        if current != path:
+            yield path

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastio_dl.errors import LockedError, UsageError, human_bytes
-from fastio_dl.events import FileFinished, Kind
+from fastio_dl.events import Event, FileFinished, Kind
 from fastio_dl.models import STATE_DIR, Target
 from fastio_dl.policy import in_shard
-from fastio_dl.state import State, local_matches_record
+from fastio_dl.state import Claims, State, local_matches_record, unclaimed
 
 LOCK_NAME = "lock"
 STATE_NAME = "state.db"
@@ -87,14 +87,15 @@ class Deletions:
     already_gone: list[str] = field(default_factory=list)
 
 
-def stale_paths(state: State, planned: set[str]) -> list[str]:
+def stale_paths(state: State, planned: Claims) -> list[str]:
     """Tracked paths that this run's plan no longer contains (left the manifest or the remote)."""
-    return sorted(state.paths() - planned)
+    return list(unclaimed(state, planned))
 
 
 def delete_stale(dest: Path, state: State, paths: list[str]) -> Deletions:
     """Remove tracked files that left; never a file modified since we wrote it, never untracked."""
     result = Deletions()
+    forgotten: list[str] = []
     for relpath in paths:
         record = state.get(relpath)
         if record is None:
@@ -109,7 +110,8 @@ def delete_stale(dest: Path, state: State, paths: list[str]) -> Deletions:
             _prune_empty_dirs(dest, path.parent)
         else:
             result.kept_modified.append(relpath)
-        state.forget(relpath)
+        forgotten.append(relpath)
+    state.forget_many(forgotten)
     return result
 
 
@@ -167,6 +169,24 @@ def _read_holder(path: Path) -> str:
 # ----------------------------------------------------------------------------- after the run
 
 
+class DryRunTally:
+    """A reporter that counts what a dry run would download, replace or adopt (files and
+    bytes): the summary's figures, with nothing kept per file."""
+
+    def __init__(self) -> None:
+        self.counts = {kind: [0, 0] for kind in (Kind.WOULD_DOWNLOAD, Kind.WOULD_REPLACE)}
+        self.counts[Kind.WOULD_ADOPT] = [0, 0]
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, FileFinished) and event.kind in self.counts:
+            bucket = self.counts[event.kind]
+            bucket[0] += 1
+            bucket[1] += event.bytes
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class SyncReport:
     code: int
@@ -176,9 +196,9 @@ class SyncReport:
 def finish_sync(
     dest: Path,
     state: State,
-    planned: set[str],
+    planned: Claims,
     plan_failures: int,
-    finished: list[FileFinished],
+    would: DryRunTally,
     *,
     delete: bool,
     max_delete: DeleteLimit,
@@ -211,12 +231,7 @@ def finish_sync(
     if dry_run:
         labels = {Kind.WOULD_DOWNLOAD: "download", Kind.WOULD_REPLACE: "replace"}
         labels[Kind.WOULD_ADOPT] = "adopt"
-        counts = {kind: [0, 0] for kind in labels}
-        for event in finished:
-            if event.kind in counts:
-                counts[event.kind][0] += 1
-                counts[event.kind][1] += event.bytes
-        parts = [f"{labels[kind]} {n} ({human_bytes(b)})" for kind, (n, b) in counts.items()]
+        parts = [f"{labels[kind]} {n} ({human_bytes(b)})" for kind, (n, b) in would.counts.items()]
         verb = "delete" if delete else "report as gone"
         lines.append(f"dry run: would {', '.join(parts)}; {verb} {len(stale)}")
         lines += [f"dry run: would {verb}: {relpath}" for relpath in stale]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from pathlib import Path
 
@@ -44,7 +45,16 @@ from fastio_dl.segments import (
     fetch_segmented,
     is_segmentable,
 )
-from fastio_dl.storage import DiskSpace, MemoryPart, PartFile, PartMeta, part_path, sidecar_path
+from fastio_dl.storage import (
+    DiskSpace,
+    Flusher,
+    MemoryPart,
+    PartFile,
+    PartMeta,
+    has_syncfs,
+    part_path,
+    sidecar_path,
+)
 
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
 PLAN_QUEUE = 2048
@@ -77,6 +87,8 @@ class Engine:
         self.dest = settings.dest
         self.guard = PathGuard(settings.dest)
         self.disk = DiskSpace(settings.dest)
+        self.fsync_each = settings.fsync == "each" or not has_syncfs()
+        self.flusher = Flusher(settings.dest, each=self.fsync_each, take=self.policy.durable)
 
     # ------------------------------------------------------------------ control
     def interrupt(self, reason: str = "interrupted") -> None:
@@ -132,6 +144,7 @@ class Engine:
             except FastioDlError as exc:
                 self._fatal(exc)
 
+        self.flusher.start()
         self._tasks = [
             asyncio.create_task(check_token()),
             asyncio.create_task(plan()),
@@ -140,7 +153,9 @@ class Engine:
         # Twice as many workers as network slots: while one verifies and writes, another reads.
         self._tasks += [asyncio.create_task(self._download_loop(ready_q)) for _ in range(2 * n)]
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.outcome.planned_paths = set(planner.claimed)
+        # Files already written (also in an interrupted run) are made durable and recorded.
+        await self.flusher.close()
+        self.outcome.planned_paths = planner.claimed
         for result in results:
             if isinstance(result, FastioDlError):
                 self._fatal(result)
@@ -214,16 +229,15 @@ class Engine:
                     if kind is None:
                         kind = Kind.WOULD_REPLACE if decision.replace else Kind.WOULD_DOWNLOAD
                         reason = "dry run: would " + ("replace" if decision.replace else "download")
-                    self._finish(
-                        entry.target,
-                        entry.remote.node_id,
-                        entry.relpath,
-                        kind,
-                        entry.remote.size,
-                        0,
-                        reason=reason,
-                        key=entry.key,
+                    finish = functools.partial(
+                        self._finish_after_sync, entry, final, kind, 0, reason
                     )
+                    if decision.record and not self.dry_run:
+                        # An adopted file: recorded (and reported) once it is surely on disk.
+                        await self.policy.record(entry, final)
+                        await self.flusher.add(final, finish)
+                    else:
+                        finish(None)
                     continue
                 self._reserve(entry, final)
                 token = await self.fetcher.mint(entry)
@@ -296,23 +310,49 @@ class Engine:
             finally:
                 self._release(item)
             reason = "replaced" if decision.replace else None
-            self._finish(
-                item.target,
-                item.remote.node_id,
-                item.relpath,
-                Kind.REPLACED if decision.replace else Kind.NEW,
-                item.remote.size,
-                transferred,
-                reason=reason,
-                key=item.key,
+            # Reported (and recorded, by the policy's commit) once the Flusher has it on disk.
+            kind = Kind.REPLACED if decision.replace else Kind.NEW
+            await self.flusher.add(
+                final,
+                functools.partial(self._finish_after_sync, item, final, kind, transferred, reason),
             )
+
+    def _finish_after_sync(
+        self,
+        item: PlanItem,
+        final: Path,
+        kind: Kind,
+        transferred: int,
+        reason: str | None,
+        error: str | None,
+    ) -> None:
+        if error is not None:
+            # The disk (or the state database) failed under the group sync: as with a failed
+            # write, no new file starts after it.
+            self._fail(item, final, Kind.WRITE, error)
+            self._stop_new = self._stop_new or f"an earlier write failed ({error})"
+            return
+        self._finish(
+            item.target,
+            item.remote.node_id,
+            item.relpath,
+            kind,
+            item.remote.size,
+            transferred,
+            reason=reason,
+            key=item.key,
+        )
 
     # ------------------------------------------------------------------ one file
     async def _fetch(self, item: PlanItem, final: Path, token: str | None) -> int:
         remote = item.remote
         meta = PartMeta(remote.node_id, remote.version, remote.hash, remote.hash_algo, remote.size)
         # Small files are verified in memory and written in one step; large ones stream to disk.
-        part: Part = MemoryPart(final, meta) if remote.size <= SMALL_FILE else PartFile(final, meta)
+        part: Part = (
+            MemoryPart(final, meta, sync=self.fsync_each)
+            if remote.size <= SMALL_FILE
+            else PartFile(final, meta)
+        )
         self.guard.check(final)
         self.guard.check(part.path)
         fetcher = self.fetcher
