@@ -8,8 +8,8 @@ from pathlib import Path
 from fastio_dl.events import FileFinished, FileProgress, FileQueued, FileStarted, Kind, RunSummary
 from fastio_dl.reporting.panel import RichPanel
 from fastio_dl.reporting.plain import PlainReporter
-from fastio_dl.state import State
-from fastio_dl.sync import DeleteLimit, finish_sync
+from fastio_dl.state import Claims, State
+from fastio_dl.sync import DeleteLimit, DryRunTally, finish_sync
 
 
 def test_panel_restart_of_a_file_keeps_one_row_and_true_totals() -> None:
@@ -52,12 +52,15 @@ def test_sync_dry_run_summary_counts_by_kind(tmp_path: Path) -> None:
             finished(Kind.WOULD_REPLACE, "would adopt"),  # the text must not count
             finished(Kind.UP_TO_DATE, "dry run: would download"),
         ]
+        tally = DryRunTally()  # the reporter that counts as the events pass
+        for event in events:
+            tally.emit(event)
         report = finish_sync(
             tmp_path,
             state,
-            set(),
+            Claims(),
             0,
-            events,
+            tally,
             delete=False,
             max_delete=DeleteLimit(),
             dry_run=True,
