@@ -15,9 +15,9 @@ import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TextIO, cast
+from typing import Annotated, Any, NoReturn, TextIO, TypeVar, cast
 
 import typer
 
@@ -35,15 +35,17 @@ from fastio_dl.config import (
     option_env,
 )
 from fastio_dl.errors import ExitCode, FastioDlError, UsageError, missing_token_error, redact
-from fastio_dl.events import Fanout, Notice, Reporter
+from fastio_dl.events import Fanout, Reporter
 from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
 from fastio_dl.models import Outcome, Target
-from fastio_dl.policy import LocalPolicy
 from fastio_dl.process import leave_now, run_async
 from fastio_dl.refs import parse_ref
 from fastio_dl.reporting import PROGRESS_MODES, make_reporter
+from fastio_dl.runner import Stopper, run_engine, sync_async
 from fastio_dl.storage import FSYNC_MODES
-from fastio_dl.transfer import Engine
+from fastio_dl.syncing import parse_max_delete
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="fastio-dl",
@@ -362,14 +364,16 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
     return load_settings(flags, file_values=_CONFIG["file"].low_precedence_values())
 
 
-def make_run_reporter(values: dict[str, Any], settings: Settings) -> Reporter:
+def make_run_reporter(
+    values: dict[str, Any], settings: Settings, output_closed: Callable[[], None]
+) -> Reporter:
     secrets = frozenset({settings.token} if settings.token else set())
     from fastio_dl.reporting.pipe import WatchedStream
 
     reporter = make_reporter(
         values["progress"],
-        stderr=cast(TextIO, WatchedStream(sys.stderr, _output_closed)),
-        stdout=cast(TextIO, WatchedStream(sys.stdout, _output_closed)),
+        stderr=cast(TextIO, WatchedStream(sys.stderr, output_closed)),
+        stdout=cast(TextIO, WatchedStream(sys.stdout, output_closed)),
         json_results=values["json_out"],
         quiet=values["quiet"],
         debug=settings.debug,
@@ -388,76 +392,53 @@ def make_run_reporter(values: dict[str, Any], settings: Settings) -> Reporter:
     return reporter
 
 
-_ON_OUTPUT_CLOSED: list[Callable[[], None]] = []  # while run_engine runs: stop it
+class Interrupts:
+    """What stops a CLI run cleanly: SIGINT or SIGTERM (a second one leaves at once), or
+    standard output or error losing its reader (``| head``), as SIGPIPE would."""
 
+    def __init__(self) -> None:
+        self.stopper = Stopper()
+        self.received: list[int] = []
+        self.running = False
 
-def _output_closed() -> None:
-    """Standard output or error lost its reader (``| head``): stop the run, as SIGPIPE would."""
-    for stop in _ON_OUTPUT_CLOSED:
-        stop()
+    def output_closed(self) -> None:
+        if self.running and not self.received:
+            self.received.append(signal.SIGPIPE)
+            self.stopper.stop("output closed")
 
+    def signalled(self, signum: int) -> None:
+        if self.received:
+            os._exit(128 + signum)  # second signal: leave at once
+        self.received.append(signum)
+        self.stopper.stop("interrupted")
 
-def run_engine(
-    settings: Settings,
-    targets: list[Target],
-    reporter: Reporter,
-    *,
-    policy: LocalPolicy | None = None,
-    dry_run: bool = False,
-) -> Outcome:
-    """Run the engine once with SIGINT/SIGTERM wired to a clean stop."""
-    if settings.token is None:
-        raise missing_token_error()
-    received: list[int] = []
+    def run(self, job: Callable[[Stopper], Awaitable[T]]) -> T:
+        """Run ``job`` in the process's one event loop with the signals wired to the stopper."""
 
-    async def go() -> Outcome:
-        connections = settings.concurrency * max(2, settings.segments) + 8
-        async with FastioClient.open(settings, max_connections=connections) as client:
-            _pass_warnings(client, reporter)
-            engine = Engine(settings, client, reporter, policy, dry_run=dry_run)
+        async def go() -> T:
             loop = asyncio.get_running_loop()
-
-            def on_signal(signum: int) -> None:
-                if received:
-                    os._exit(128 + signum)  # second signal: leave at once
-                received.append(signum)
-                engine.interrupt("interrupted")
-
-            def on_output_closed() -> None:
-                if not received:
-                    received.append(signal.SIGPIPE)
-                    engine.interrupt("output closed")
-
-            _ON_OUTPUT_CLOSED.append(on_output_closed)
             installed = []
             for signum in (signal.SIGINT, signal.SIGTERM):
                 try:
-                    loop.add_signal_handler(signum, on_signal, signum)
+                    loop.add_signal_handler(signum, self.signalled, signum)
                     installed.append(signum)
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass  # not the main thread (tests) or not supported
+            self.running = True
             try:
-                return await engine.run(targets)
+                return await job(self.stopper)
             finally:
-                _pass_warnings(client, reporter)
-                _ON_OUTPUT_CLOSED.remove(on_output_closed)
+                self.running = False
                 for signum in installed:
                     loop.remove_signal_handler(signum)
 
-    try:
-        outcome = run_async(go)
-    finally:
-        reporter.close()
-    if received:
-        outcome.interrupted = True
-        outcome.signal = received[0]
-    return outcome
+        return run_async(go)
 
-
-def _pass_warnings(client: FastioClient, reporter: Reporter) -> None:
-    """The client's warnings (a renewed login it could not store) as notices, once each."""
-    while client.warnings:
-        reporter.emit(Notice("warning", client.warnings.pop(0)))
+    def mark(self, outcome: Outcome) -> Outcome:
+        if self.received:
+            outcome.interrupted = True
+            outcome.signal = self.received[0]
+        return outcome
 
 
 def _echo_warnings(client: FastioClient) -> None:
@@ -522,9 +503,18 @@ def get(
         texts = read_ref_lines(refs)
         if not texts:
             raise UsageError("no references given", "pass node ids, ws:/share: references or URLs")
-        parsed = [parse_ref(t, workspace=workspace, share=share) for t in texts]
-        reporter = make_run_reporter(values, settings)
-        return exit_code_of(run_engine(settings, [Target(r) for r in parsed], reporter))
+        targets = [Target(parse_ref(t, workspace=workspace, share=share)) for t in texts]
+        if settings.token is None:
+            raise missing_token_error()
+        interrupts = Interrupts()
+        reporter = make_run_reporter(values, settings, interrupts.output_closed)
+        try:
+            outcome = interrupts.run(
+                lambda stopper: run_engine(settings, targets, reporter, stopper=stopper)
+            )
+        finally:
+            reporter.close()
+        return exit_code_of(interrupts.mark(outcome))
 
     guarded(debug, body)
 
@@ -589,16 +579,6 @@ def sync(
 ) -> None:
     """Bring DEST up to date with a manifest: only new or changed files move."""
     values = dict(locals())
-    from fastio_dl.policy import SyncPolicy
-    from fastio_dl.state import State
-    from fastio_dl.sync import (
-        DryRunTally,
-        destination_lock,
-        finish_sync,
-        parse_max_delete,
-        state_path,
-        write_failed_manifest,
-    )
 
     def body() -> int:
         settings = transfer_settings(values)
@@ -609,44 +589,33 @@ def sync(
         )
         if settings.token is None:
             raise missing_token_error()
-        dest.mkdir(parents=True, exist_ok=True)
-        with destination_lock(dest, wait_lock):
-            state = State(state_path(dest))
-            try:
-                tracked = state.count()
-                tally = DryRunTally()
-                reporter = Fanout(make_run_reporter(values, settings), tally)
-                policy = SyncPolicy(state, dry_run=dry_run, fsync_each=settings.fsync == "each")
-                outcome = run_engine(
-                    settings, parsed.targets, reporter, policy=policy, dry_run=dry_run
-                )
-                if failed_manifest is not None:
-                    write_failed_manifest(failed_manifest, parsed.lines, outcome.failed_targets)
-                code = exit_code_of(outcome)
-                if outcome.interrupted:
-                    return code
-                report = finish_sync(
-                    dest,
-                    state,
-                    outcome.planned_paths,
-                    outcome.plan_failures,
-                    tally,
+        dest.mkdir(parents=True, exist_ok=True)  # before a --log-file inside it is opened
+        interrupts = Interrupts()
+        reporter = make_run_reporter(values, settings, interrupts.output_closed)
+        try:
+            result = interrupts.run(
+                lambda stopper: sync_async(
+                    parsed,
+                    settings,
                     delete=delete,
                     max_delete=limit,
                     dry_run=dry_run,
-                    tracked=tracked,
-                    shard=settings.shard,
+                    wait_lock=wait_lock,
+                    failed_manifest=failed_manifest,
+                    reporter=reporter,
+                    stopper=stopper,
+                    record=False,
                 )
-                say = _say(quiet)
-                for line in report.lines:
-                    (
-                        typer.echo(f"fastio-dl: {line}", err=True)
-                        if line.startswith("error")
-                        else say(line)
-                    )
-                return max(code, report.code)
-            finally:
-                state.close()
+            )
+        finally:
+            reporter.close()
+        code = exit_code_of(interrupts.mark(result.outcome))
+        if result.report is None:
+            return code
+        say = _say(quiet)
+        for line in result.report.lines:
+            (typer.echo(f"fastio-dl: {line}", err=True) if line.startswith("error") else say(line))
+        return max(code, result.report.code)
 
     guarded(debug, body)
 
@@ -770,7 +739,7 @@ def verify(
 ) -> None:
     """Re-hash local files against the remote hashes (or the sync state); report drift."""
     from fastio_dl.state import State
-    from fastio_dl.sync import state_path
+    from fastio_dl.syncing import state_path
     from fastio_dl.verify import compare, expected_from_state, expected_from_targets
 
     def body() -> int:
@@ -910,13 +879,14 @@ def demo(
     def body() -> int:
         check_choice("--progress", progress, PROGRESS_MODES)
         values = {"progress": progress, "json_out": False, "quiet": False}
+        interrupts = Interrupts()
         with tempfile.TemporaryDirectory(prefix="fastio-dl-demo-") as tmp:
             return run_demo(
                 dest or Path(tmp),
                 files=files,
                 concurrency=concurrency,
-                make_reporter_for=lambda s: make_run_reporter(values, s),
-                run=run_engine,
+                make_reporter_for=lambda s: make_run_reporter(values, s, interrupts.output_closed),
+                run=lambda job: interrupts.mark(interrupts.run(job)),
                 keep=dest is not None,
             )
 

@@ -37,7 +37,7 @@ __all__ = ["Secret", "Settings", "load_settings"]
 @dataclass(frozen=True)
 class Settings:
     api_base: str = DEFAULT_API_BASE
-    token: Secret | None = None
+    token: str | None = None  # kept as a Secret (never shown in a repr), whatever is passed
     workspace: str | None = None
     share: str | None = None
     dest: Path = Path(".")
@@ -65,6 +65,10 @@ class Settings:
     #: the official CLI's stored login the token came from (refreshed and written back there)
     login: StoredLogin | None = field(default=None, compare=False, repr=False)
     profile: Profile | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not isinstance(self.token, Secret):
+            object.__setattr__(self, "token", Secret(self.token))
 
 
 def resolve_token(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from fastio_dl.emulator import (
     build,
 )
 from fastio_dl.events import Reporter
-from fastio_dl.models import Outcome, Target
-from fastio_dl.refs import parse_ref
+from fastio_dl.models import Outcome
+from fastio_dl.runner import Stopper, download_async
 
 DEMO_BANDWIDTH = 6 * 1024 * 1024  # per connection: slow enough to watch the panel
 
@@ -31,9 +31,11 @@ def run_demo(
     files: int,
     concurrency: int,
     make_reporter_for: Callable[[Settings], Reporter],
-    run: Callable[..., Outcome],
+    run: Callable[[Callable[[Stopper], Awaitable[Outcome]]], Outcome],
     keep: bool,
 ) -> int:
+    """Serve a sample workspace and download it with the library's :func:`download_async`;
+    ``run`` runs that in the CLI's event loop with Ctrl-C wired to the stopper."""
     switches = Switches(
         latency=0.005,
         bandwidth=DEMO_BANDWIDTH,
@@ -63,9 +65,16 @@ def run_demo(
             f"{sum(1 for _ in space.files())} files; downloading to {dest}",
             file=sys.stderr,
         )
-        outcome = run(
-            settings, [Target(parse_ref(f"ws:{space.id}/root"))], make_reporter_for(settings)
-        )
+        reporter = make_reporter_for(settings)
+        refs = [f"ws:{space.id}/root"]
+        try:
+            outcome = run(
+                lambda stopper: download_async(
+                    refs, settings, reporter=reporter, stopper=stopper, record=False
+                )
+            )
+        finally:
+            reporter.close()
         expected = {space.path_of(n.id): n for n in space.files()}
         checked = _verify(dest, expected)
     print(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastio_dl.errors import FastioDlError
-from fastio_dl.events import Kind
+from fastio_dl.events import FileFinished, Kind
 from fastio_dl.refs import Ref
 from fastio_dl.state import Claims
 
@@ -87,3 +87,4 @@ class Outcome:
     # Every local path this run claimed (in SQLite: a million paths cost no memory)
     planned_paths: Claims = field(default_factory=Claims)
     signal: int | None = None  # the signal that interrupted the run
+    files: list[FileFinished] = field(default_factory=list)  # each file's result, when recorded

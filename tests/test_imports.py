@@ -12,15 +12,26 @@ import sys
 import pytest
 
 HEAVY = ("aiohttp", "typer", "rich")
-PURE = ("refs", "manifest", "config", "state", "models", "names")
-ENGINE = ("transfer", "fetch", "segments", "planner", "policy", "storage", "client", "sync")
+PURE = ("", "refs", "manifest", "config", "state", "models", "names")  # "": the package itself
+ENGINE = (
+    "transfer",
+    "fetch",
+    "segments",
+    "planner",
+    "policy",
+    "storage",
+    "client",
+    "syncing",
+    "runner",
+)
 
 
 def imported_after(module: str) -> set[str]:
     """The top-level packages among HEAVY that importing ``fastio_dl.<module>`` loads."""
+    name = f"fastio_dl.{module}" if module else "fastio_dl"
     code = (
         "import sys, importlib\n"
-        f"importlib.import_module('fastio_dl.{module}')\n"
+        f"importlib.import_module({name!r})\n"
         f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     result = subprocess.run(

@@ -9,7 +9,7 @@ from fastio_dl.events import FileFinished, FileProgress, FileQueued, FileStarted
 from fastio_dl.reporting.panel import RichPanel
 from fastio_dl.reporting.plain import PlainReporter
 from fastio_dl.state import Claims, State
-from fastio_dl.sync import DeleteLimit, DryRunTally, finish_sync
+from fastio_dl.syncing import DeleteLimit, DryRunTally, finish_sync
 
 
 def test_panel_restart_of_a_file_keeps_one_row_and_true_totals() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from fastio_dl.emulator import BytesBlob, DatasetSpec, SeededBlob
 from fastio_dl.manifest import parse_manifest
-from fastio_dl.sync import destination_lock
+from fastio_dl.syncing import destination_lock
 from tests.conftest import Served, tree_digests
 
 
@@ -185,7 +185,7 @@ def test_second_sync_on_a_locked_destination_exits_4(served: Served, tmp_path: P
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path\n"
-            "from fastio_dl.sync import destination_lock\n"
+            "from fastio_dl.syncing import destination_lock\n"
             "with destination_lock(Path(sys.argv[1])):\n"
             "    print('locked', flush=True); time.sleep(30)",
             str(dest),

@@ -63,7 +63,9 @@ class RichPanel:
         self.files_total = 0
         self.files_done = 0
         self.bytes_total = 0
-        self.progress.start()
+        # The panel appears with the run's first event: a run refused before it starts (a
+        # destination another sync holds) shows its one error line, not an empty panel.
+        self.live = False
 
     def _log(self, text: str, style: str = "") -> None:
         self.progress.console.print(Text(redact(text, self.secrets), style=style))
@@ -76,6 +78,9 @@ class RichPanel:
         )
 
     def emit(self, event: Event) -> None:
+        if not self.live:
+            self.live = True
+            self.progress.start()
         if isinstance(event, FileProgress):
             self.progress.advance(self.overall, event.delta)
             row = self.rows.get(event.key)
@@ -137,4 +142,5 @@ class RichPanel:
                 return
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
