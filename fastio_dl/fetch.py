@@ -39,6 +39,7 @@ class FetchState:
 
     token: str | None
     refreshed: bool = False  # a fresh read token was minted after a refusal (once per file)
+    bearer_refused: bool = False  # a read with the API token was refused, then a token minted
     transferred: int = 0
 
 
@@ -70,12 +71,15 @@ class Fetcher:
         self.retry = RetryPolicy.from_settings(settings)
         self.net_slots = asyncio.Semaphore(settings.concurrency)  # transfers on the wire at once
         self.limiter = RateLimiter(settings.limit_rate) if settings.limit_rate > 0 else None
+        # --read-mode auto: set once a refused bearer read succeeded with a minted token; the
+        # rest of the run mints directly instead of being refused once per file.
+        self.reads_want_tokens = False
 
     async def mint(self, item: PlanItem, *, force: bool = False) -> str | None:
         """A read token for ``item`` where the read mode wants one (``force``: whatever it is)."""
         if item.remote.size == 0:
             return None  # an empty file needs no read
-        if self.settings.read_mode != "token" and not force:
+        if self.settings.read_mode != "token" and not force and not self.reads_want_tokens:
             return None  # bearer/auto: /read/ takes the API token itself, one round trip less
         remote = item.remote
         return await self.client.request_read(
@@ -106,6 +110,7 @@ class Fetcher:
             if warning:
                 self.reporter.emit(Notice("warning", f"{final}: {warning}"))
             await part.commit()
+            self.learn(state)
         except asyncio.CancelledError:
             await part.close()  # keep .part and sidecar: the next run resumes
             raise
@@ -210,6 +215,15 @@ class Fetcher:
 
         return before_sleep
 
+    def learn(self, state: FetchState) -> None:
+        """A file read with a token minted after its bearer read was refused: from now on,
+        mint first (auto mode)."""
+        if state.bearer_refused and not self.reads_want_tokens:
+            self.reads_want_tokens = True
+            self.reporter.emit(
+                Notice("info", "reads want a read token here: minting one per file from now on")
+            )
+
     async def after_read_error(self, item: PlanItem, state: FetchState, exc: ApiError) -> None:
         # A bearer read refused with 403 may only mean "this endpoint wants a read token"
         # (nothing public says which status it uses): in auto mode, try one before failing.
@@ -220,6 +234,7 @@ class Fetcher:
             # Read tokens expire (about 2 h), and a bearer read may be refused: mint one
             # fresh read token per file, then give up.
             state.refreshed = True
+            state.bearer_refused = state.token is None
             state.token = await self.mint(item, force=True)
             raise TransferError(
                 f"read refused ({exc.status}); minted a fresh read token",

@@ -7,7 +7,7 @@ listings and bulk details overlap the transfers instead of preceding them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ class Planner:
     # Every local path claimed so far, with its owner: in SQLite, not in memory (a million
     # files would otherwise cost hundreds of MB here).
     claimed: Claims = field(default_factory=Claims)
+    done: set[int] = field(default_factory=set)  # id() of each target planned completely
     _next_key: int = 0
     _details_gate: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(DETAILS_CONCURRENCY)
@@ -67,30 +68,37 @@ class Planner:
     )
 
     async def run(self, targets: list[Target]) -> None:
-        """Plan every target, then put ``None`` to say the plan is complete."""
-        try:
-            later = [t for t in targets if t.ref.version or t.ref.context == "fileshare"]
-            for target in later:
-                await self._emit(
-                    PlanFailure(target, target.ref.node, None, "versions and File Shares: not yet")
+        """Plan every target, then put ``None`` to say the plan is complete.
+
+        Only then: a planner stopped by an error or a cancel puts nothing (the consumers may be
+        gone, and a put on a full queue would wait for ever); the pipeline accounts for what
+        it left. ``done`` holds (by ``id``) the targets planned completely.
+        """
+        later = [t for t in targets if t.ref.version or t.ref.context == "fileshare"]
+        for target in later:
+            await self._emit(
+                PlanFailure(target, target.ref.node, None, "versions and File Shares: not yet")
+            )
+            self.done.add(id(target))
+        targets = [t for t in targets if t not in later]
+        roots = [t for t in targets if t.ref.node in ("root", "trash")]
+        by_context: dict[tuple[str, str], list[Target]] = {}
+        for target in targets:
+            if target.ref.node not in ("root", "trash"):
+                by_context.setdefault((target.ref.context, target.ref.context_id), []).append(
+                    target
                 )
-            targets = [t for t in targets if t not in later]
-            roots = [t for t in targets if t.ref.node in ("root", "trash")]
-            by_context: dict[tuple[str, str], list[Target]] = {}
-            for target in targets:
-                if target.ref.node not in ("root", "trash"):
-                    by_context.setdefault((target.ref.context, target.ref.context_id), []).append(
-                        target
-                    )
-            jobs = [self._walk_root(t) for t in roots]
-            for (context, context_id), group in by_context.items():
-                for start in range(0, len(group), BULK_DETAILS_MAX):
-                    jobs.append(
-                        self._resolve(context, context_id, group[start : start + BULK_DETAILS_MAX])
-                    )
-            await _gather_all(jobs)
-        finally:
-            await self.out.put(None)
+        jobs = [self._planned(self._walk_root(t), [t]) for t in roots]
+        for (context, context_id), group in by_context.items():
+            for start in range(0, len(group), BULK_DETAILS_MAX):
+                chunk = group[start : start + BULK_DETAILS_MAX]
+                jobs.append(self._planned(self._resolve(context, context_id, chunk), chunk))
+        await _gather_all(jobs)
+        await self.out.put(None)
+
+    async def _planned(self, job: Coroutine[Any, Any, None], targets: list[Target]) -> None:
+        await job
+        self.done.update(map(id, targets))
 
     async def _emit(self, entry: PlanEntry) -> None:
         if isinstance(entry, PlanItem):

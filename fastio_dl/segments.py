@@ -123,6 +123,7 @@ async def fetch_segmented(
         if warning:
             fetcher.reporter.emit(Notice("warning", f"{final}: {warning}"))
         await part.commit()
+        fetcher.learn(state)
         return state.transferred
     raise AssertionError("unreachable")  # pragma: no cover
 

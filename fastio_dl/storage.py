@@ -262,6 +262,7 @@ class MemoryPart:
         self.is_open = False
         self._digest: tuple[int, str | None] | None = None  # (length hashed, digest)
         self._done = False  # verified and written
+        self.committed = False  # the final name is in place (set by the writing thread)
         self._warning: str | None = None
 
     @property
@@ -289,13 +290,15 @@ class MemoryPart:
         """Check size and hash and, when they pass, write the file: one thread hop per file
         (hop count, not bytes, is what small files cost)."""
         if not self._done:
-            self._warning = await asyncio.to_thread(self._verify_and_write)
+            # in_thread: a cancel waits for the write, so ``committed`` is then the truth.
+            self._warning = await in_thread(self._verify_and_write)
             self._done = True
         return self._warning
 
     def _verify_and_write(self) -> str | None:
         warning = _verify(self.offset, self.meta, self._cached_digest)
         write_atomic(self.final, bytes(self.buffer), sync=self.sync)
+        self.committed = True
         return warning
 
     def _cached_digest(self) -> str | None:
@@ -356,6 +359,7 @@ class PartFile:
         self._saved_at = 0.0  # when save_segments last wrote the sidecar
         self._handed_over: tuple[int, Any] | None = None  # (size, hasher) from keep_prefix()
         self._writer: StreamWriter | None = None  # the single stream's writer (open())
+        self.committed = False  # the final name is in place
 
     def resumable_offset(self) -> int:
         """Bytes of an earlier ``.part`` that can be kept (0 if the remote changed)."""
@@ -456,7 +460,9 @@ class PartFile:
             if self._fd is not None:
                 await asyncio.to_thread(os.fsync, self._fd)
             await self.close()
-            await asyncio.to_thread(os.replace, self.path, self.final)
+            # in_thread: a cancel waits for the rename, so ``committed`` is then the truth.
+            await in_thread(os.replace, self.path, self.final)
+            self.committed = True
         except OSError as exc:
             raise _write_error(self.final, exc) from exc
         with contextlib.suppress(OSError):

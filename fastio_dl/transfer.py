@@ -9,6 +9,13 @@ are minted shortly before use and API round trips overlap the transfers instead 
 their slots. Download workers are twice ``concurrency``; only the network part of a transfer
 holds one of the ``concurrency`` slots, so verifying and writing overlap the next read.
 
+Every stage (the token check, the planner, the preparers, the download workers) is a task of
+one :class:`asyncio.TaskGroup`: an error that ends a stage (a 402, a dead token, a bug) cancels
+all the others, so no stage can be left waiting on a queue that nobody feeds. Each planned file
+is then accounted for exactly once: a file in a worker's hands is reported by that worker as it
+is cancelled (downloaded if its final name is already in place), and what is still queued is
+reported ``not started`` after the group has ended.
+
 This module is the pipeline only: one file's bytes move in :mod:`fastio_dl.fetch` (one stream)
 or :mod:`fastio_dl.segments` (several ranged connections), what to skip is decided in
 :mod:`fastio_dl.policy`.
@@ -58,6 +65,23 @@ from fastio_dl.storage import (
 
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
 PLAN_QUEUE = 2048
+Ready = tuple[PlanItem, Path, str | None, Decision]  # a file prepared for a download worker
+
+
+def _first_error(errors: BaseExceptionGroup) -> BaseException:
+    """The error that ended the task group: a FastioDlError (its exit code) before anything
+    else; nested groups searched too."""
+    leaves: list[BaseException] = []
+
+    def walk(group: BaseExceptionGroup) -> None:
+        for exc in group.exceptions:
+            if isinstance(exc, BaseExceptionGroup):
+                walk(exc)
+            else:
+                leaves.append(exc)
+
+    walk(errors)
+    return next((e for e in leaves if isinstance(e, FastioDlError)), leaves[0])
 
 
 class Engine:
@@ -83,6 +107,9 @@ class Engine:
         self._reserved = 0  # bytes that files in flight may still write
         self._reservations: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._preparers = 0  # preparers still running; the last one ends the download workers
+        self._parts: dict[int, Part] = {}  # the part of each file being fetched, by plan key
+        self._handed: set[int] = set()  # plan keys given to the Flusher by a worker right now
         self._started = time.monotonic()
         self.dest = settings.dest
         self.guard = PathGuard(settings.dest)
@@ -94,75 +121,50 @@ class Engine:
     def interrupt(self, reason: str = "interrupted") -> None:
         """Stop starting files and end in-flight transfers; partials stay for resume."""
         self.outcome.interrupted = True
-        self._stop_new = reason
+        self._stop_new = self._stop_new or reason
         for task in self._tasks:
             task.cancel()
 
-    def _fatal(self, exc: FastioDlError) -> None:
-        if self.outcome.fatal is None:
-            self.outcome.fatal = exc
-        self._stop_new = str(exc)
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+    def _stopping(self, exc: BaseException) -> BaseException:
+        """Record why the run stops (for the files it leaves) and hand ``exc`` back to raise:
+        raising it out of a stage ends the task group, which cancels every other stage."""
+        if self._stop_new is None:
+            self._stop_new = describe(exc) if isinstance(exc, FastioDlError) else "stopped"
+        return exc
 
     # ------------------------------------------------------------------ run
     async def run(self, targets: list[Target]) -> Outcome:
         plan_q: asyncio.Queue[PlanEntry | None] = asyncio.Queue(PLAN_QUEUE)
-        ready_q: asyncio.Queue[tuple[PlanItem, Path, str | None, Decision] | None] = asyncio.Queue(
-            self.settings.concurrency
-        )
+        ready_q: asyncio.Queue[Ready | None] = asyncio.Queue(self.settings.concurrency)
         self.dest.mkdir(parents=True, exist_ok=True)
         planner = Planner(self.client, plan_q)
         n = self.settings.concurrency
-
-        async def plan() -> None:
-            try:
-                await planner.run(targets)
-            except FastioDlError as exc:
-                self._fatal(exc)
-
-        async def prepare_all() -> None:
-            preparers = [asyncio.create_task(self._prepare_loop(plan_q, ready_q)) for _ in range(n)]
-            try:
-                await asyncio.gather(*preparers)
-            except FastioDlError as exc:
-                self._fatal(exc)  # ends the download workers too: none may wait for ever
-                return
-            finally:
-                for task in preparers:
-                    task.cancel()
-            # Only after a normal end: once cancelled, nobody may be left to drain the queue.
-            for _ in range(2 * n):
-                await ready_q.put(None)
-
-        token_check = self.client.start_token_check()  # beside the first calls, not before
-
-        async def check_token() -> None:
-            try:
-                await token_check
-            except FastioDlError as exc:
-                self._fatal(exc)
-
-        self.flusher.start()
-        self._tasks = [
-            asyncio.create_task(check_token()),
-            asyncio.create_task(plan()),
-            asyncio.create_task(prepare_all()),
-        ]
-        # Twice as many workers as network slots: while one verifies and writes, another reads.
-        self._tasks += [asyncio.create_task(self._download_loop(ready_q)) for _ in range(2 * n)]
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Files already written (also in an interrupted run) are made durable and recorded.
+        self._preparers = n
+        failure: BaseException | None = None
+        self.flusher.start()  # not a stage: what was written is flushed whatever ends the run
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._tasks = [
+                    group.create_task(self._check_token()),
+                    group.create_task(self._plan(planner, targets)),
+                    *[group.create_task(self._prepare_loop(plan_q, ready_q)) for _ in range(n)],
+                    # Twice as many workers as network slots: one verifies and writes while
+                    # another reads.
+                    *[group.create_task(self._download_loop(ready_q)) for _ in range(2 * n)],
+                ]
+        except BaseExceptionGroup as errors:
+            failure = _first_error(errors)
+        # Files already written (also in a run that stopped early) are made durable, recorded
+        # and reported.
         await self.flusher.close()
         self.outcome.planned_paths = planner.claimed
-        for result in results:
-            if isinstance(result, FastioDlError):
-                self._fatal(result)
-            elif isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError
-            ):
-                raise result
+        self._account_left(plan_q, ready_q)
+        if failure is not None or self.outcome.interrupted:
+            # A run that stopped early: references it never finished planning go to the
+            # failed manifest too, so that a retry run covers them.
+            self.outcome.failed_targets += [t for t in targets if id(t) not in planner.done]
+        if isinstance(failure, FastioDlError):
+            self.outcome.fatal = failure
         self.reporter.emit(
             RunSummary(
                 downloaded=self.outcome.downloaded,
@@ -173,85 +175,146 @@ class Engine:
                 interrupted=self.outcome.interrupted,
             )
         )
+        if failure is not None and not isinstance(failure, FastioDlError):
+            raise failure  # a bug: the CLI reports it (a traceback with --debug)
         return self.outcome
 
     # ------------------------------------------------------------------ stages
+    async def _check_token(self) -> None:
+        try:
+            await self.client.start_token_check()  # beside the first calls, not before them
+        except FastioDlError as exc:
+            raise self._stopping(exc) from None
+
+    async def _plan(self, planner: Planner, targets: list[Target]) -> None:
+        try:
+            await planner.run(targets)
+        except FastioDlError as exc:
+            raise self._stopping(exc) from None
+
     async def _prepare_loop(
-        self,
-        plan_q: asyncio.Queue[PlanEntry | None],
-        ready_q: asyncio.Queue[tuple[PlanItem, Path, str | None, Decision] | None],
+        self, plan_q: asyncio.Queue[PlanEntry | None], ready_q: asyncio.Queue[Ready | None]
     ) -> None:
         while True:
             entry = await plan_q.get()
             if entry is None:
-                await plan_q.put(None)  # let the sibling preparers see the end too
-                return
-            if not isinstance(entry, PlanItem):
-                self.reporter.emit(FileQueued(0, str(self.dest / (entry.relpath or Path())), 0))
-            if isinstance(entry, PlanSkip):
-                self._finish(
-                    entry.target,
-                    entry.node_id,
-                    entry.relpath,
-                    entry.kind,
-                    0,
-                    0,
-                    reason=entry.reason,
-                )
-                continue
-            if isinstance(entry, PlanFailure):
-                self.outcome.plan_failures += 1
-                self._finish(
-                    entry.target, entry.node_id, entry.relpath, Kind.PLAN, 0, 0, error=entry.error
-                )
-                continue
-            if self.settings.shard is not None and not in_shard(
-                entry.remote.node_id, self.settings.shard
-            ):
-                continue  # another host's file (--shard)
-            final = self.dest / entry.relpath
-            self.reporter.emit(FileQueued(entry.key, str(final), entry.remote.size))
-            if self._stop_new:
-                self._fail(entry, final, Kind.NOT_STARTED, f"not started: {self._stop_new}")
-                continue
+                plan_q.put_nowait(None)  # the sibling preparers see the end too (room: we took one)
+                break
             try:
-                if entry.relpath.parts and entry.relpath.parts[0] == STATE_DIR:
-                    raise TransferError(
-                        f"{STATE_DIR} is reserved for fastio-dl's own state; "
-                        "give this file another DEST in a manifest"
-                    )
-                self.guard.check(final)
-                decision = await self.policy.decide(entry, final)
-                if decision.skip is not None or self.dry_run:
-                    if decision.skip is not None and not self.dry_run:
-                        await _drop_leftovers(final)
-                    kind, reason = decision.skip, decision.reason
-                    if kind is None:
-                        kind = Kind.WOULD_REPLACE if decision.replace else Kind.WOULD_DOWNLOAD
-                        reason = "dry run: would " + ("replace" if decision.replace else "download")
-                    finish = functools.partial(
-                        self._finish_after_sync, entry, final, kind, 0, reason
-                    )
-                    if decision.record and not self.dry_run:
-                        # An adopted file: recorded (and reported) once it is surely on disk.
-                        await self.policy.record(entry, final)
-                        await self.flusher.add(final, finish)
-                    else:
-                        finish(None)
-                    continue
-                self._reserve(entry, final)
-                token = await self.fetcher.mint(entry)
-            except AuthError:
+                ready = await self._prepare(entry)
+            except asyncio.CancelledError:
+                if isinstance(entry, PlanItem):
+                    self._not_started(entry)
                 raise
-            except FastioDlError as exc:
-                self._fail(entry, final, Kind.ERROR, describe(exc))
-                continue
-            except Exception as exc:  # a bug must cost one file, never hang the pool
-                self._fail(
-                    entry, final, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+            except AuthError as exc:  # 402 or a dead token while minting: the run stops
+                assert isinstance(entry, PlanItem)
+                self._fail(entry, self.dest / entry.relpath, Kind.ERROR, describe(exc))
+                raise self._stopping(exc) from None
+            if ready is not None:
+                try:
+                    await ready_q.put(ready)
+                except asyncio.CancelledError:
+                    self._release(ready[0])
+                    self._not_started(ready[0])
+                    raise
+        self._preparers -= 1
+        if self._preparers == 0:  # the last preparer out tells every download worker
+            for _ in range(2 * self.settings.concurrency):
+                await ready_q.put(None)
+
+    async def _prepare(self, entry: PlanEntry) -> Ready | None:
+        """One plan entry: report skips and failures; for a file, the local decision, disk
+        room and (in token mode) its read token. None when nothing is left to download."""
+        if not isinstance(entry, PlanItem):
+            self._settle(entry)
+            return None
+        if self.settings.shard is not None and not in_shard(
+            entry.remote.node_id, self.settings.shard
+        ):
+            return None  # another host's file (--shard)
+        final = self.dest / entry.relpath
+        self.reporter.emit(FileQueued(entry.key, str(final), entry.remote.size))
+        if self._stop_new:
+            self._not_started(entry)
+            return None
+        try:
+            if entry.relpath.parts and entry.relpath.parts[0] == STATE_DIR:
+                raise TransferError(
+                    f"{STATE_DIR} is reserved for fastio-dl's own state; "
+                    "give this file another DEST in a manifest"
                 )
-                continue
-            await ready_q.put((entry, final, token, decision))
+            self.guard.check(final)
+            decision = await self.policy.decide(entry, final)
+            if decision.skip is not None or self.dry_run:
+                if decision.skip is not None and not self.dry_run:
+                    await _drop_leftovers(final)
+                kind, reason = decision.skip, decision.reason
+                if kind is None:
+                    kind = Kind.WOULD_REPLACE if decision.replace else Kind.WOULD_DOWNLOAD
+                    reason = "dry run: would " + ("replace" if decision.replace else "download")
+                finish = functools.partial(self._finish_after_sync, entry, final, kind, 0, reason)
+                if decision.record and not self.dry_run:
+                    # An adopted file: recorded (and reported) once it is surely on disk.
+                    await self.policy.record(entry, final)
+                    await self.flusher.add(final, finish)
+                else:
+                    finish(None)
+                return None
+            self._reserve(entry, final)
+            try:
+                token = await self.fetcher.mint(entry)
+            except BaseException:
+                self._release(entry)
+                raise
+        except (AuthError, asyncio.CancelledError):
+            raise
+        except FastioDlError as exc:
+            self._fail(entry, final, Kind.ERROR, describe(exc))
+            return None
+        except Exception as exc:  # a bug must cost one file, never hang the pool
+            self._fail(entry, final, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            return None
+        return entry, final, token, decision
+
+    def _not_started(self, item: PlanItem) -> None:
+        why = self._stop_new or "the run stopped"
+        self._fail(item, self.dest / item.relpath, Kind.NOT_STARTED, f"not started: {why}")
+
+    def _account_left(
+        self, plan_q: asyncio.Queue[PlanEntry | None], ready_q: asyncio.Queue[Ready | None]
+    ) -> None:
+        """After a run that stopped early: what is still queued was planned and never started.
+        (After a normal end both queues hold only end markers.)"""
+        while not ready_q.empty():
+            ready = ready_q.get_nowait()
+            if ready is not None:
+                self._release(ready[0])
+                self._not_started(ready[0])
+        while not plan_q.empty():
+            entry = plan_q.get_nowait()
+            if isinstance(entry, PlanItem):
+                if self.settings.shard is None or in_shard(
+                    entry.remote.node_id, self.settings.shard
+                ):
+                    self.reporter.emit(
+                        FileQueued(entry.key, str(self.dest / entry.relpath), entry.remote.size)
+                    )
+                    self._not_started(entry)
+            elif entry is not None:
+                self._settle(entry)
+
+    def _settle(self, entry: PlanSkip | PlanFailure) -> None:
+        """Report a plan entry that is not a download: a skip, or a reference that failed."""
+        self.reporter.emit(FileQueued(0, str(self.dest / (entry.relpath or Path())), 0))
+        if isinstance(entry, PlanSkip):
+            self._finish(
+                entry.target, entry.node_id, entry.relpath, entry.kind, 0, 0, reason=entry.reason
+            )
+        else:
+            self.outcome.plan_failures += 1
+            self._finish(
+                entry.target, entry.node_id, entry.relpath, Kind.PLAN, 0, 0, error=entry.error
+            )
 
     def _reserve(self, item: PlanItem, final: Path) -> None:
         """Check room for this file on top of what files already in flight still need."""
@@ -267,9 +330,7 @@ class Engine:
     def _release(self, item: PlanItem) -> None:
         self._reserved -= self._reservations.pop(item.key, 0)
 
-    async def _download_loop(
-        self, ready_q: asyncio.Queue[tuple[PlanItem, Path, str | None, Decision] | None]
-    ) -> None:
+    async def _download_loop(self, ready_q: asyncio.Queue[Ready | None]) -> None:
         while True:
             work = await ready_q.get()
             if work is None:
@@ -277,24 +338,32 @@ class Engine:
             item, final, token, decision = work
             if self._stop_new:
                 self._release(item)
-                self._fail(item, final, Kind.NOT_STARTED, f"not started: {self._stop_new}")
+                self._not_started(item)
                 continue
             try:
                 transferred = await self._fetch(item, final, token)
-                await self.policy.record(item, final)
+                await self._hand_over(item, final, decision, transferred)
             except asyncio.CancelledError:
-                if self.outcome.interrupted:
+                part = self._parts.get(item.key)
+                if item.key in self._handed:
+                    pass  # the Flusher has it: reported once durable
+                elif part is not None and part.committed:
+                    # Cancelled after the final name was in place: it is downloaded (its bytes
+                    # were moved, or most of them: a resumed .part is not told apart here).
+                    await self._hand_over(item, final, decision, item.remote.size)
+                else:
+                    why: str = self._stop_new or "interrupted"
                     kept = part_path(final).exists()  # small files are fetched in memory
-                    why = "interrupted; the partial file is kept for the next run"
-                    self._fail(item, final, Kind.INTERRUPTED, why if kept else "interrupted")
+                    if kept:
+                        why += "; the partial file is kept for the next run"
+                    self._fail(item, final, Kind.INTERRUPTED, why)
                 raise
-            except AuthError as exc:  # 402: the whole run stops
-                self._fail(item, final, Kind.ERROR, str(exc))
-                self._fatal(exc)
-                return
+            except AuthError as exc:  # 402 or a dead token: the whole run stops
+                self._fail(item, final, Kind.ERROR, describe(exc))
+                raise self._stopping(exc) from None
             except WriteError as exc:
                 self._fail(item, final, Kind.WRITE, str(exc))
-                self._stop_new = f"an earlier write failed ({exc})"
+                self._stop_new = self._stop_new or f"an earlier write failed ({exc})"
                 continue
             except FastioDlError as exc:
                 self._fail(item, final, Kind.ERROR, describe(exc))
@@ -309,13 +378,22 @@ class Engine:
                 continue
             finally:
                 self._release(item)
-            reason = "replaced" if decision.replace else None
-            # Reported (and recorded, by the policy's commit) once the Flusher has it on disk.
-            kind = Kind.REPLACED if decision.replace else Kind.NEW
-            await self.flusher.add(
-                final,
-                functools.partial(self._finish_after_sync, item, final, kind, transferred, reason),
-            )
+                self._parts.pop(item.key, None)
+                self._handed.discard(item.key)
+
+    async def _hand_over(
+        self, item: PlanItem, final: Path, decision: Decision, transferred: int
+    ) -> None:
+        """A file in place: recorded by the policy, and reported once the Flusher has it on
+        disk."""
+        await self.policy.record(item, final)
+        kind = Kind.REPLACED if decision.replace else Kind.NEW
+        reason = "replaced" if decision.replace else None
+        self._handed.add(item.key)  # add() queues it before it may wait: a cancel loses nothing
+        await self.flusher.add(
+            final,
+            functools.partial(self._finish_after_sync, item, final, kind, transferred, reason),
+        )
 
     def _finish_after_sync(
         self,
@@ -353,9 +431,12 @@ class Engine:
             if remote.size <= SMALL_FILE
             else PartFile(final, meta)
         )
+        self._parts[item.key] = part  # a cancel must learn whether its final name is in place
         self.guard.check(final)
         self.guard.check(part.path)
         fetcher = self.fetcher
+        if token is None and fetcher.reads_want_tokens:
+            token = await fetcher.mint(item)  # prepared before auto mode learnt to mint
         if isinstance(part, PartFile) and is_segmentable(self.settings, item):
             try:
                 async with fetcher.net_slots:

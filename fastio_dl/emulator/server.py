@@ -119,6 +119,7 @@ class Refusal:
     space: str | None = None  # a space id or name; None: every space
     node: str | None = None  # a node id (folder for list, file for reads); None: every node
     times: int | None = None  # how many times it fires; None: every time
+    after: int = 0  # let this many matching requests through first (a refusal mid-run)
 
     def matches(self, endpoint: str, space: Space, node_ids: list[str]) -> bool:
         if endpoint not in self.endpoints or self.times == 0:
@@ -356,6 +357,9 @@ class Emulator:
         ids = [_norm(i) for i in info.get("node", "").split(",")]
         for refusal in self.switches.refusals:
             if refusal.matches(endpoint, space, ids) and (refusal.node is None or len(ids) == 1):
+                if refusal.after > 0:
+                    refusal.after -= 1
+                    continue
                 if refusal.times is not None:
                     refusal.times -= 1
                 return refusal
