@@ -760,6 +760,9 @@ class Emulator:
             self.switches.bandwidth = int(body["bandwidth"])
         if "range_enabled" in body:
             self.switches.range_enabled = bool(body["range_enabled"])
+        if "redirect_reads_to" in body:
+            # Another origin (a static server holding the same bytes): /read/ answers 307 there.
+            self.switches.redirect_reads_to = body["redirect_reads_to"] or None
         return web.json_response({"faults": [asdict(f) for f in self.switches.faults]})
 
     async def admin_reset(self, request: web.Request) -> web.Response:

@@ -18,6 +18,14 @@ from the tool's start: start-up, and for fastio-dl its listing; the rest is tran
         are shown beside it.
     B4  no-op sync of 10,000 up-to-date files: seconds and API calls
     B5  a manifest of 100,000 references, --dry-run: seconds and peak memory
+    B6  a tree of 64-byte files in folders of 1,000, at 100,000 and 1,000,000 files (--b6-files):
+        ls -r --json, sync --dry-run, get, a filling sync and a no-op sync; wall time, peak RSS
+        and its growth per file between the sizes
+    B7  5,000 files of 64 KiB, -j 16, every /read/ answered with a redirect to nginx serving the
+        same bytes (a C static server; started here on 127.0.0.1 from a temporary config):
+        files per second and CPU per file of fastio-dl, curl and aria2c, all following it
+
+B1 and B3 rows also count the /read/ requests each tool made (read_requests).
 
 After the table, each target with what was measured and whether it was met; the exit status
 is 1 when a target was missed.
@@ -26,13 +34,19 @@ is 1 when a target was missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +59,7 @@ from tests.benchmarks.harness import (
     compile_package,
     fastio_args,
     fastio_get,
+    free_port,
     fresh_dir,
     median,
     require,
@@ -82,6 +97,8 @@ def alternate(
                 raise SystemExit(f"{name} failed with exit {run.exit}")
             if emulator is not None and (at := emulator.first_read_at()) is not None:
                 run.first_read = at - run.began
+            if emulator is not None:
+                run.reads = emulator.stats().get("read", 0)
             runs[name].append(run)
     return runs
 
@@ -105,6 +122,9 @@ def row(bench: str, runs: dict[str, list[Run]], ours: str = "fastio-dl") -> list
         firsts = [r.first_read for r in items if r.first_read is not None]
         if firsts and len(firsts) == len(items):
             out[-1]["first_read_ms"] = round(statistics.median(firsts) * 1000, 1)
+        reads = [r.reads for r in items if r.reads is not None]
+        if reads and len(reads) == len(items):
+            out[-1]["read_requests"] = int(statistics.median(reads))
     return out
 
 
@@ -329,6 +349,220 @@ def b5(tmp: Path) -> list[dict[str, Any]]:
         emu.stop()
 
 
+B6_FOLDER = 1000  # files per folder in B6's tree
+
+
+def b6(tmp: Path, sizes: list[int]) -> list[dict[str, Any]]:
+    """Each command once per size, in the order a user would meet them; the filling sync's
+    destination is the no-op sync's. The emulator's own memory is its process's, not ours."""
+    rows: list[dict[str, Any]] = []
+    for files in sizes:
+        emu = EmulatorProcess(
+            "--files",
+            str(files),
+            "--depth",
+            "1",
+            "--fanout",
+            str(max(1, files // B6_FOLDER)),
+            "--min-size",
+            "64",
+            "--max-size",
+            "64",
+        )
+        try:
+            manifest = tmp / "b6.manifest"
+            manifest.write_text(f"ws:{WS}/root\n")
+            synced = tmp / "b6-sync"
+            sync = [*FASTIO_DL, "sync", str(manifest), "-d", str(synced), *fastio_args(emu)]
+            commands = {
+                "ls -r --json": [
+                    *[*FASTIO_DL, "ls", "-r", "--json", f"ws:{WS}/root"],
+                    *fastio_args(emu)[:4],  # --api-base, --token: ls has no --progress
+                ],
+                "sync --dry-run": [*sync, "--dry-run"],
+                "get": fastio_get(emu, tmp / "b6-get"),
+                "sync (filling)": sync,
+                "sync (no-op)": sync,
+            }
+            fresh_dir(synced)
+            for label, argv in commands.items():
+                emu.reset()
+                run = run_measured("fastio-dl", argv)
+                stats = emu.stats()
+                rows.append(
+                    {
+                        "bench": f"B6 {label}",
+                        "tool": "fastio-dl",
+                        "files": files,
+                        "wall_s": round(run.wall, 3),
+                        "cpu_s": round(run.cpu, 3),
+                        "peak_mb": round(run.peak_mb, 1),
+                        "us_per_file": round(run.wall / files * 1e6, 1),
+                        "reads": stats.get("read", 0),
+                        "tokens_minted": stats.get("tokens_minted", 0),
+                        "exit": run.exit,
+                        "ratio": None,
+                    }
+                )
+            shutil.rmtree(tmp / "b6-get", ignore_errors=True)
+            shutil.rmtree(synced, ignore_errors=True)
+        finally:
+            emu.stop()
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_label.setdefault(r["bench"], []).append(r)
+    for group in by_label.values():
+        if len(group) > 1:
+            small, big = group[0], group[-1]
+            slope = (big["peak_mb"] - small["peak_mb"]) * 2**20 / (big["files"] - small["files"])
+            big["bytes_per_file"] = round(slope, 1)
+    return rows
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    sendfile on;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {tmp}/www;
+        index data;
+        default_type application/octet-stream;
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx (Debian's /usr/sbin/nginx) on 127.0.0.1 from a config in a temporary directory;
+    a read's path under ``www`` holds its bytes in a file named ``data``."""
+
+    def __init__(self) -> None:
+        # Debian installs it in /usr/sbin, which is not on every user's PATH.
+        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+        if binary is None:
+            raise SystemExit("nginx is missing: install it with `apt-get install nginx`")
+        self.binary = binary
+        # A directory of its own that others may enter: started as root, nginx's worker runs as
+        # an unprivileged user, and the benchmark's temporary directory is private.
+        self.tmp = Path(tempfile.mkdtemp(prefix="fastio-nginx-"))
+        self.tmp.chmod(0o755)
+        self.port = free_port()
+        (self.tmp / "www").mkdir()
+
+    def put(self, path: str, data: bytes) -> None:
+        target = self.tmp / "www" / path.strip("/") / "data"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def start(self) -> None:
+        for directory in self.tmp.rglob("*"):
+            directory.chmod(0o755 if directory.is_dir() else 0o644)
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=self.port))
+        self.proc = subprocess.Popen(
+            [self.binary, "-p", str(self.tmp), "-e", str(self.tmp / "error.log"), "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise SystemExit(f"nginx did not start: see {self.tmp / 'error.log'}")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if hasattr(self, "proc"):
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def b7(tmp: Path, rounds: int, files: int = 5000) -> list[dict[str, Any]]:
+    emu = EmulatorProcess(
+        "--files",
+        str(files),
+        "--depth",
+        "1",
+        "--fanout",
+        "4",
+        "--min-size",
+        "64K",
+        "--max-size",
+        "64K",
+    )
+    nginx = Nginx()
+    try:
+        nodes = emu.files()
+        urls = emu.read_urls(nodes)
+        for url, _name in urls:
+            # The bytes nginx serves are the emulator's own, fetched before any timing.
+            with urllib.request.urlopen(url, timeout=60) as response:
+                nginx.put(urllib.parse.urlsplit(url).path, response.read())
+        nginx.start()
+        emu.switches(redirect_reads_to=nginx.base)
+        aria, curl = require("aria2c", "aria2"), require("curl", "curl")
+
+        def ours() -> Run:
+            return run_measured("fastio-dl", fastio_get(emu, fresh_dir(tmp / "f"), "-j", "16"))
+
+        def run_curl() -> Run:
+            out = fresh_dir(tmp / "c")
+            config = curl_config(urls, out)
+            return run_measured(
+                "curl", [curl, "-sfL", "--parallel", "--parallel-max", "16", "-K", str(config)]
+            )
+
+        def run_aria() -> Run:
+            out = fresh_dir(tmp / "a")
+            return run_measured(
+                "aria2c",
+                [
+                    aria,
+                    "-q",
+                    "-j",
+                    "16",
+                    "-d",
+                    str(out),
+                    "-i",
+                    str(aria_input(urls, out)),
+                    "--allow-overwrite=true",
+                    "--auto-file-renaming=false",
+                ],
+            )
+
+        runs = alternate(rounds, {"fastio-dl": ours, "curl": run_curl, "aria2c": run_aria}, emu)
+        rows = row(f"B7 {files} x 64 KiB via nginx, -j 16", runs)
+        for item in rows:
+            item["files_per_s"] = round(files / item["wall_s"])
+            item["cpu_ms_per_file"] = round(item["cpu_s"] / files * 1000, 3)
+        return rows
+    finally:
+        nginx.stop()
+        emu.stop()
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -453,7 +687,67 @@ def targets(rows: list[dict[str, Any]], big: str) -> list[dict[str, Any]]:
             r["wall_s"] < 60 and r["peak_mb"] < 400 and r.get("exit") == 0,
             f"{r['wall_s']:.2f} s, {r['peak_mb']:.0f} MB, exit {r.get('exit')}",
         )
+    _judge_b6(rows, judge)
+    for bench in _benches(rows, "B7"):
+        ours, curl = _one(rows, bench, "fastio-dl"), _one(rows, bench, "curl")
+        aria = _one(rows, bench, "aria2c")
+        if ours is None or curl is None or aria is None:
+            judge(bench, "half of curl's files/s, ahead of aria2c", False, "a row is missing")
+            continue
+        judge(
+            bench,
+            "half of curl's files/s, ahead of aria2c",
+            ours["files_per_s"] >= curl["files_per_s"] / 2 and ours["wall_s"] < aria["wall_s"],
+            f"{ours['files_per_s']} files/s ({ours['cpu_ms_per_file']} ms CPU a file); curl "
+            f"{curl['files_per_s']} ({curl['cpu_ms_per_file']}), aria2c {aria['files_per_s']} "
+            f"({aria['cpu_ms_per_file']})",
+        )
     return out
+
+
+def _judge_b6(
+    rows: list[dict[str, Any]], judge: Callable[[str, str, bool | None, str], None]
+) -> None:
+    """Every command at the largest size: under 250 MB, under 100 bytes more per file than at
+    the smallest; the no-op sync under 30 s (at 1,000,000 files) with no read and no token; the
+    filling sync within 1.2x get's time on the same tree (at every size)."""
+    b6 = _of(rows, "B6")
+    if not b6:
+        return
+    largest = max(r["files"] for r in b6)
+    for r in b6:
+        if r["files"] != largest:
+            continue
+        slope = r.get("bytes_per_file")
+        judge(
+            f"{r['bench']} ({largest:,} files)",
+            "peak under 250 MB, growth under 100 B a file",
+            r["peak_mb"] < 250 and slope is not None and slope < 100 and r["exit"] == 0,
+            f"{r['peak_mb']:.0f} MB, {slope} B a file, {r['wall_s']:.1f} s, exit {r['exit']}",
+        )
+    for r in b6:
+        if r["bench"] == "B6 sync (no-op)" and r["files"] == largest:
+            budget = 30 * largest / 1_000_000
+            judge(
+                f"B6 no-op sync time ({largest:,} files)",
+                f"under {budget:.0f} s, no read, no token",
+                r["wall_s"] < budget and r["reads"] == 0 and r["tokens_minted"] == 0,
+                f"{r['wall_s']:.1f} s, {r['reads']} reads, {r['tokens_minted']} tokens",
+            )
+    for files in sorted({r["files"] for r in b6}):
+        get = next((r for r in b6 if r["files"] == files and r["bench"] == "B6 get"), None)
+        fill = next(
+            (r for r in b6 if r["files"] == files and r["bench"] == "B6 sync (filling)"), None
+        )
+        if get is None or fill is None:
+            continue
+        ratio = fill["wall_s"] / get["wall_s"]
+        judge(
+            f"B6 filling sync / get ({files:,} files)",
+            "at most 1.2",
+            ratio <= 1.2,
+            f"{ratio:.2f} ({fill['wall_s']:.1f} s against {get['wall_s']:.1f} s)",
+        )
 
 
 def verdicts(judged: list[dict[str, Any]]) -> str:
@@ -472,7 +766,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="B1,B2,B3,B4,B5")
+    parser.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--b2-size", default="1G")
     parser.add_argument("--b3-size", default="1G,256M", help="one size or several, comma-separated")
@@ -482,6 +776,9 @@ def main() -> int:
         "--b3-latency",
         default="0,0.05",
         help="seconds each request waits before its first bytes; one value or several",
+    )
+    parser.add_argument(
+        "--b6-files", default="100000,1000000", help="B6's tree sizes, smallest first"
     )
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
@@ -509,6 +806,8 @@ def main() -> int:
             ],
             "B4": lambda: b4(tmp, args.rounds),
             "B5": lambda: b5(tmp),
+            "B6": lambda: b6(tmp, [int(n) for n in args.b6_files.split(",")]),
+            "B7": lambda: b7(tmp, args.rounds),
         }
         for key, step in steps.items():
             if key in only:

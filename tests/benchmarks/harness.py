@@ -162,6 +162,7 @@ class Run:
     peak_mb: float
     began: float = 0.0  # time.monotonic() at the start
     first_read: float | None = None  # seconds from the start to the server's first read
+    reads: int | None = None  # /read/ requests the emulator saw during the run
 
 
 def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
