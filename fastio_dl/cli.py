@@ -39,9 +39,9 @@ from fastio_dl.events import Fanout, Reporter
 from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
 from fastio_dl.models import Outcome, Target
 from fastio_dl.process import leave_now, run_async
-from fastio_dl.refs import parse_ref
+from fastio_dl.refs import Ref, parse_ref
 from fastio_dl.reporting import PROGRESS_MODES, make_reporter
-from fastio_dl.runner import Stopper, run_engine, sync_async
+from fastio_dl.runner import Stopper, require_token, run_engine, sync_async
 from fastio_dl.storage import FSYNC_MODES
 from fastio_dl.syncing import parse_max_delete
 
@@ -124,6 +124,17 @@ ProfileOpt = Annotated[
         help="Official Fast.io CLI profile for the stored login and api_base "
         "(else FASTIO_PROFILE, config, config.json's default_profile, default).",
         show_default=False,
+    ),
+]
+NotesOpt = Annotated[
+    bool, _opt("--notes", help="Save notes as NAME.md (their markdown) instead of skipping them.")
+]
+PasswordFileOpt = Annotated[
+    Path | None,
+    _opt(
+        "--password-file",
+        help="File whose first line is a File Share's link password "
+        "(else FASTIO_FILESHARE_PASSWORD).",
     ),
 ]
 CaBundleOpt = Annotated[
@@ -338,6 +349,8 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
     flags = {
         "token": values.get("token"),
         "profile": values.get("profile"),
+        "password_file": values.get("password_file"),
+        "notes": values.get("notes", False),
         "api_base": values.get("api_base"),
         "ca_bundle": values.get("ca_bundle"),
         "dest": values["dest"],
@@ -482,6 +495,8 @@ def get(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     no_clobber: NoClobberOpt = False,
+    notes: NotesOpt = False,
+    password_file: PasswordFileOpt = None,
     token: TokenOpt = None,
     profile: ProfileOpt = None,
     api_base: ApiBaseOpt = None,
@@ -504,8 +519,7 @@ def get(
         if not texts:
             raise UsageError("no references given", "pass node ids, ws:/share: references or URLs")
         targets = [Target(parse_ref(t, workspace=workspace, share=share)) for t in texts]
-        if settings.token is None:
-            raise missing_token_error()
+        require_token(settings, targets)
         interrupts = Interrupts()
         reporter = make_run_reporter(values, settings, interrupts.output_closed)
         try:
@@ -564,6 +578,8 @@ def sync(
     allow_empty: Annotated[
         bool, _opt("--allow-empty", help="Accept a manifest with no lines.")
     ] = False,
+    notes: NotesOpt = False,
+    password_file: PasswordFileOpt = None,
     token: TokenOpt = None,
     profile: ProfileOpt = None,
     api_base: ApiBaseOpt = None,
@@ -587,8 +603,7 @@ def sync(
         parsed = parse_manifest(
             text, name, workspace=workspace, share=share, allow_empty=allow_empty
         )
-        if settings.token is None:
-            raise missing_token_error()
+        require_token(settings, parsed.targets)
         dest.mkdir(parents=True, exist_ok=True)  # before a --log-file inside it is opened
         interrupts = Interrupts()
         reporter = make_run_reporter(values, settings, interrupts.output_closed)
@@ -631,6 +646,12 @@ def list_command(
     manifest_out: Annotated[
         bool, _opt("--manifest", help="Print a manifest (REF DEST lines) that sync accepts.")
     ] = False,
+    notes: Annotated[
+        bool, _opt("--notes", help="Show notes as the NAME.md files get --notes saves.")
+    ] = False,
+    versions: Annotated[
+        bool, _opt("--versions", help="List a file's versions (ids for REF@VERSION).")
+    ] = False,
     workspace: WorkspaceOpt = None,
     share: ShareOpt = None,
     token: TokenOpt = None,
@@ -645,7 +666,12 @@ def list_command(
 
     def body() -> int:
         parsed = parse_ref(ref, workspace=workspace, share=share)
-        settings = _api_settings(token, api_base, ca_bundle, debug, profile)
+        settings_args = (token, api_base, ca_bundle, debug, profile)
+        if versions:
+            if manifest_out or recursive:
+                raise UsageError("--versions lists one file: no --manifest or --recursive")
+            return _print_versions(parsed, json_out, _api_settings(*settings_args))
+        settings = _api_settings(*settings_args)
 
         async def collect() -> list[Entry]:
             # Lines and JSON go out as the listing arrives, without a flush (a system call) per
@@ -654,9 +680,12 @@ def list_command(
             out = sys.stdout
             async with FastioClient.open(settings, max_connections=4) as client:
                 try:
-                    async for entry in list_entries(client, parsed, recursive=recursive):
+                    async for entry in list_entries(
+                        client, parsed, recursive=recursive, notes=notes
+                    ):
                         if manifest_out:
-                            if entry.kind == "file" or (entry.kind == "folder" and not recursive):
+                            wanted = entry.kind == "file" or (notes and entry.kind == "note")
+                            if wanted or (entry.kind == "folder" and not recursive):
                                 out.write(entry.manifest_line() + "\n")
                         elif json_out:
                             out.write(json.dumps(entry.record(), ensure_ascii=False) + "\n")
@@ -690,6 +719,40 @@ def list_command(
 
 
 _LS_HEADER = ("TYPE", "SIZE", "MODIFIED", "ID", "PATH")
+_VERSIONS_HEADER = ("VERSION", "SIZE", "CREATED", "HASH", "")
+
+
+def _print_versions(ref: Ref, json_out: bool, settings: Settings) -> int:
+    """``ls --versions REF``: one row per version, the current one marked."""
+    from fastio_dl.errors import human_bytes
+    from fastio_dl.listing import VersionRow, list_versions
+
+    async def collect() -> list[VersionRow]:
+        async with FastioClient.open(settings, max_connections=4) as client:
+            try:
+                return await list_versions(client, ref)
+            finally:
+                _echo_warnings(client)
+
+    rows = run_async(collect)
+    if json_out:
+        for row in rows:
+            typer.echo(json.dumps(row.record(), ensure_ascii=False))
+        return 0
+    table = [
+        (
+            row.version,
+            human_bytes(row.size) if row.size is not None else "?",
+            row.created or "",
+            f"{row.hash_algo}:{row.hash}" if row.hash else "",
+            "(current)" if row.current else "",
+        )
+        for row in rows
+    ]
+    widths = [max([len(h), *(len(r[i]) for r in table)]) for i, h in enumerate(_VERSIONS_HEADER)]
+    for line in [_VERSIONS_HEADER, *table]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    return 0
 
 
 def _api_settings(

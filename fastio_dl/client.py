@@ -121,8 +121,11 @@ def check_ca_bundle(path: Path) -> None:
 
 
 import aiohttp  # noqa: E402  (after the shim above)
+from yarl import URL  # noqa: E402
 
 BULK_DETAILS_MAX = 25
+MAX_REDIRECTS = 5
+PASSWORD_HEADER = "x-ve-password"
 LIST_PAGE_SIZE = 500
 LIST_PAGES_MAX = 100_000  # 50 million children: a server that never ends a listing is stopped
 DEFAULT_RATE_LIMIT_WAIT = 60.0
@@ -463,8 +466,11 @@ class FastioClient:
         self._policy = RetryPolicy.from_settings(settings)
         register_secret(settings.token)
         self._login = settings.login
-        if self._login is not None and self._login.refresh_token:
-            register_secret(self._login.refresh_token)
+        for secret in (
+            self._login.refresh_token if self._login is not None else None,
+            settings.fileshare_password,
+        ):
+            register_secret(secret)
         self._refresh_lock = asyncio.Lock()
         self.refreshes = 0  # OAuth refreshes done in this run
         self.warnings: list[str] = []  # for the CLI to show once the run is over
@@ -625,6 +631,15 @@ class FastioClient:
             raise missing_token_error()
         return {"Authorization": f"Bearer {self._token}"}
 
+    def _fileshare_headers(self) -> dict[str, str]:
+        """A File Share call: the API token if there is one (the link may be public), and the
+        link password only ever in ``x-ve-password``."""
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        password = self._settings.fileshare_password
+        if password:
+            headers[PASSWORD_HEADER] = str(password)
+        return headers
+
     def _url(self, context: str, context_id: str, node: str, action: str) -> str:
         return f"{self._base}/{context}/{context_id}/storage/{node}/{action}/"
 
@@ -717,26 +732,41 @@ class FastioClient:
         *,
         accept_statuses: frozenset[int] = frozenset(),
         on_401: str = "check",
+        fileshare: bool = False,
     ) -> Mapping[str, Any]:
-        if not self._token:
+        """``fileshare``: a File Share call (token optional, link password, no redirects; a
+        401 there is the link's refusal, not a sign of a dead token)."""
+        if not self._token and not fileshare:
             raise missing_token_error()
+        if fileshare:
+            on_401 = "ignore"
 
         async def once() -> Mapping[str, Any]:
             await self.gate.wait()
             token = self._token
+            headers = (
+                self._fileshare_headers() if fileshare else {"Authorization": f"Bearer {token}"}
+            )
             self.api_calls += 1
             try:
                 async with self._session.get(
                     url,
                     params=params,
-                    headers={"Authorization": f"Bearer {token}"},
+                    headers=headers,
                     proxy=self._proxy,
+                    # A File Share's link password must not follow a redirect anywhere.
+                    allow_redirects=not fileshare,
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
                     resp_headers = resp.headers
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._network_error(what, exc) from exc
+            if fileshare and 300 <= status < 400:
+                raise TransferError(
+                    f"{what}: the server answered HTTP {status} (a redirect); not followed, "
+                    "so that the link password goes nowhere else"
+                )
             self._note_limits(resp_headers)
             try:
                 body: Any = json.loads(raw) if raw else None
@@ -839,6 +869,58 @@ class FastioClient:
             "and report it",
         )
 
+    async def versions(self, context: str, context_id: str, node: str) -> list[Mapping[str, Any]]:
+        """A file's versions, as the API lists them (``fileshare``: the shared file's)."""
+        if context == "fileshare":
+            url = f"{self._base}/fileshare/{context_id}/storage/versions/"
+            body = await self._get_json(url, "versions", fileshare=True)
+        else:
+            body = await self._get_json(
+                self._url(context, context_id, node, "versions"), "versions"
+            )
+        versions = payload_of(body).get("versions")
+        if not isinstance(versions, list):
+            raise TransferError(
+                f"versions of {node}: unrecognised answer (no 'versions' list; keys: "
+                f"{', '.join(sorted(map(str, payload_of(body)))) or 'none'})"
+            )
+        return [v for v in versions if isinstance(v, Mapping)]
+
+    async def read_note(
+        self, context: str, context_id: str, node: str, version_id: str | None = None
+    ) -> str:
+        """A note's markdown (``readnote``); notes have no bytes through ``read``."""
+        params = {"version_id": version_id} if version_id else None
+        body = await self._get_json(
+            self._url(context, context_id, node, "readnote"), f"note {node}", params
+        )
+        content = payload_of(body).get("content")
+        if not isinstance(content, str):
+            raise TransferError(f"note {node}: unrecognised answer (no 'content' text)")
+        return content
+
+    async def fileshare_file(self, fileshare_id: str) -> Mapping[str, Any]:
+        """The file a File Share links to: ``details`` -> ``fileshare.file`` (a node object)."""
+        url = f"{self._base}/fileshare/{fileshare_id}/details/"
+        what = f"File Share {fileshare_id}"
+        try:
+            body = await self._get_json(url, what, fileshare=True)
+        except (AuthError, AccessError) as exc:
+            if isinstance(exc, PaymentRequiredError):
+                raise
+            # A refused link says nothing about the token: this reference fails, not the run.
+            hint = (
+                "check the link password (FASTIO_FILESHARE_PASSWORD or --password-file)"
+                if self._settings.fileshare_password
+                else "a link with a password needs FASTIO_FILESHARE_PASSWORD or --password-file"
+            )
+            raise TransferError(f"{exc.message}; {hint}") from None
+        share = payload_of(body).get("fileshare")
+        file = share.get("file") if isinstance(share, Mapping) else None
+        if not isinstance(file, Mapping):
+            raise TransferError(f"{what}: unrecognised answer (no fileshare.file)")
+        return file
+
     async def request_read(
         self, context: str, context_id: str, node: str, *, version_id: str | None = None
     ) -> str:
@@ -869,26 +951,39 @@ class FastioClient:
         ``version_id`` pins the content: a file replaced during the run is read as listed.
         The bytes are taken as they are stored (``Accept-Encoding: identity``, no
         decompression): the size and hash the API announced are those of the stored bytes.
+
+        A File Share (``context`` ``fileshare``) reads ``/fileshare/ID/storage/read/`` (or the
+        version's read path) with the optional bearer and the link password; such a read
+        follows a redirect only within the same origin, since the password header goes along.
         """
-        url = self._url(context, context_id, node, "read")
         params: dict[str, str] = {}
         headers: dict[str, str] = {"Accept-Encoding": "identity"}
         bearer = self._token
-        if token:
-            params["token"] = token
+        fileshare = context == "fileshare"
+        if fileshare:
+            path = f"versions/{version_id}/read" if version_id else "read"
+            url = f"{self._base}/fileshare/{context_id}/storage/{path}/"
+            headers.update(self._fileshare_headers())
         else:
-            headers.update(self._auth_headers())
-        if version_id:
-            params["version_id"] = version_id
+            url = self._url(context, context_id, node, "read")
+            if token:
+                params["token"] = token
+            else:
+                headers.update(self._auth_headers())
+            if version_id:
+                params["version_id"] = version_id
         if start > 0 or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
         try:
-            response = await self._session.get(
-                url, params=params, headers=headers, proxy=self._proxy, auto_decompress=False
-            )
+            response = await self._get_read(url, params, headers, same_origin_only=fileshare)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._network_error("read", exc) from exc
         try:
+            if 300 <= response.status < 400:
+                raise TransferError(
+                    f"read: HTTP {response.status} redirect to another origin not followed "
+                    "(it would carry the File Share's link password there)"
+                )
             if response.status >= 400:
                 try:
                     raw = await response.read()
@@ -898,12 +993,51 @@ class FastioClient:
                 error = map_http_error(
                     response.status, response.headers, body, "read", on_read=True
                 )
-                if response.status == 401 and not token:
+                if response.status == 401 and not token and not fileshare:
                     await self._after_401(bearer, error)  # a dead API token stops the run
                 raise error
             yield ReadStream(response, self._settings.stall_timeout)
         finally:
             response.release()
+
+    async def _get_read(
+        self,
+        url: str,
+        params: dict[str, str],
+        headers: dict[str, str],
+        *,
+        same_origin_only: bool,
+    ) -> aiohttp.ClientResponse:
+        """GET a read; with ``same_origin_only`` redirects are followed by hand, only within
+        the first URL's origin (a 3xx elsewhere is handed back as it is)."""
+        if not same_origin_only:
+            return await self._session.get(
+                url, params=params, headers=headers, proxy=self._proxy, auto_decompress=False
+            )
+        origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._session.get(
+                url,
+                params=params,
+                headers=headers,
+                proxy=self._proxy,
+                auto_decompress=False,
+                allow_redirects=False,
+            )
+            location = response.headers.get("Location")
+            if not (300 <= response.status < 400) or not location:
+                return response
+            target = str(response.url.join(URL(location)))
+            if _origin(target) != origin:
+                return response
+            response.release()
+            url, params = target, {}
+        raise TransferError(f"read: more than {MAX_REDIRECTS} redirects")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
 
 
 def proxy_for(url: str) -> str | None:

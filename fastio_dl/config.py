@@ -61,6 +61,9 @@ class Settings:
     # batch: small files made durable in groups (one syncfs per group) before they are
     # recorded or reported; each: an fsync per file before it gets its name
     fsync: str = "batch"
+    notes: bool = False  # save notes as NAME.md (readnote) instead of skipping them
+    #: a File Share's link password (FASTIO_FILESHARE_PASSWORD or --password-file)
+    fileshare_password: Secret | None = field(default=None, repr=False)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: the official CLI's stored login the token came from (refreshed and written back there)
     login: StoredLogin | None = field(default=None, compare=False, repr=False)
@@ -93,6 +96,29 @@ def resolve_token(
     if login is not None:
         return login.token, f"fastio-cli {login.describe()}", login
     return None, "unset", None
+
+
+PASSWORD_ENV = "FASTIO_FILESHARE_PASSWORD"
+
+
+def _fileshare_password(path: Path | None, env: dict[str, str]) -> Secret | None:
+    """``--password-file`` (its first line), else ``FASTIO_FILESHARE_PASSWORD``; never a flag
+    value, which would show in ``ps`` and the shell history."""
+    from fastio_dl.errors import UsageError
+
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UsageError(f"cannot read --password-file {path}: {why}") from None
+        lines = text.splitlines()
+        password = lines[0] if lines else ""
+        if not password:
+            raise UsageError(f"--password-file {path} is empty", "put the link password in it")
+        return Secret(password)
+    value = env.get(PASSWORD_ENV, "")
+    return Secret(value) if value else None
 
 
 def _stored_login(profile: Profile) -> StoredLogin | None:
@@ -146,6 +172,8 @@ def load_settings(
     values["token"] = token
     values["login"] = login
     values["profile"] = profile
+    password_file = flags.pop("password_file", None)
+    values["fileshare_password"] = _fileshare_password(password_file, environ)
     sources["profile"] = f"{profile.name} ({profile.source})"
     api_base = flags.pop("api_base", None)
     if api_base:

@@ -79,6 +79,8 @@ class Fetcher:
         """A read token for ``item`` where the read mode wants one (``force``: whatever it is)."""
         if item.remote.size == 0:
             return None  # an empty file needs no read
+        if item.remote.context == "fileshare":
+            return None  # no read tokens there: the link (and its password) is the capability
         if self.settings.read_mode != "token" and not force and not self.reads_want_tokens:
             return None  # bearer/auto: /read/ takes the API token itself, one round trip less
         remote = item.remote
@@ -230,7 +232,13 @@ class Fetcher:
         refused = exc.status == 401 or (
             exc.status == 403 and state.token is None and self.settings.read_mode == "auto"
         )
-        if refused and not state.refreshed and self.settings.read_mode != "bearer":
+        fileshare = item.remote.context == "fileshare"
+        if (
+            refused
+            and not state.refreshed
+            and self.settings.read_mode != "bearer"
+            and not fileshare
+        ):
             # Read tokens expire (about 2 h), and a bearer read may be refused: mint one
             # fresh read token per file, then give up.
             state.refreshed = True

@@ -8,8 +8,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from fastio_dl.client import FastioClient
-from fastio_dl.errors import TransferError
+from fastio_dl.errors import TransferError, UsageError
 from fastio_dl.names import safe_name
+from fastio_dl.planner import note_file_name, version_id_of
 from fastio_dl.refs import Ref
 
 
@@ -29,6 +30,8 @@ class Entry:
 
     @property
     def reference(self) -> str:
+        if self.ref.context == "fileshare":
+            return f"fileshare:{self.ref.context_id}"
         prefix = "ws" if self.ref.context == "workspace" else "share"
         return f"{prefix}:{self.ref.context_id}/{self.node_id}"
 
@@ -50,8 +53,76 @@ class Entry:
         return f"{self.reference} {self.path.as_posix()}"
 
 
-async def list_entries(client: FastioClient, ref: Ref, *, recursive: bool) -> AsyncIterator[Entry]:
-    """A file yields itself; a folder its children (``recursive``: the whole subtree)."""
+@dataclass(frozen=True)
+class VersionRow:
+    """One version of a file, as ``ls --versions`` shows it."""
+
+    ref: str  # REF@VERSION, ready for get
+    version: str
+    size: int | None
+    hash: str | None
+    hash_algo: str | None
+    created: str | None
+    current: bool
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "version": self.version,
+            "size": self.size,
+            "hash": self.hash,
+            "hash_algo": self.hash_algo,
+            "created": self.created,
+            "current": self.current,
+        }
+
+
+async def list_versions(client: FastioClient, ref: Ref) -> list[VersionRow]:
+    """A file's versions (``ls --versions``), oldest first as the API lists them."""
+    if ref.context == "fileshare":
+        node = await client.fileshare_file(ref.context_id)
+    elif ref.node in ("root", "trash"):
+        raise UsageError(f"{ref.text}: --versions lists the versions of a file, not {ref.node}")
+    else:
+        nodes, errors = await client.details(ref.context, ref.context_id, [ref.node])
+        if not nodes:
+            raise TransferError(f"node {ref.node}: {errors.get(ref.node, 'not found')}")
+        node = nodes[0]
+    kind = str(node.get("type", "file")).lower()
+    if kind != "file":
+        raise UsageError(f"{ref.text} is a {kind}: --versions lists the versions of a file")
+    node_id = str(node.get("id", ref.node)).replace("-", "").lower()
+    versions = await client.versions(ref.context, ref.context_id, node_id)
+    base = ref.text.rpartition("@")[0] if ref.version else ref.text
+    rows = []
+    for entry in versions:
+        version = version_id_of(entry)
+        size = entry.get("size")
+        rows.append(
+            VersionRow(
+                ref=f"{base}@{version}",
+                version=version,
+                size=int(size) if isinstance(size, int | str) and str(size).isdigit() else None,
+                hash=str(entry["hash"]) if entry.get("hash") else None,
+                hash_algo=str(entry.get("hash_algo") or node.get("hash_algo") or "") or None,
+                created=str(entry.get("created") or "") or None,
+                current=version == str(node.get("version")),
+            )
+        )
+    return rows
+
+
+async def list_entries(
+    client: FastioClient, ref: Ref, *, recursive: bool, notes: bool = False
+) -> AsyncIterator[Entry]:
+    """A file yields itself; a folder its children (``recursive``: the whole subtree).
+
+    ``notes``: a note's path is the ``NAME.md`` that ``get --notes`` writes.
+    """
+    if ref.context == "fileshare":
+        node = await client.fileshare_file(ref.context_id)
+        yield Entry(ref, node, PurePosixPath(safe_name(str(node.get("name") or ref.context_id))))
+        return
     folder = ref.node
     if ref.node not in ("root", "trash"):
         nodes, errors = await client.details(ref.context, ref.context_id, [ref.node])
@@ -59,16 +130,21 @@ async def list_entries(client: FastioClient, ref: Ref, *, recursive: bool) -> As
             raise TransferError(f"node {ref.node}: {errors.get(ref.node, 'not found')}")
         node = nodes[0]
         if str(node.get("type", "file")).lower() != "folder":
-            yield Entry(ref, node, PurePosixPath(safe_name(str(node.get("name") or ref.node))))
+            yield Entry(ref, node, PurePosixPath(_local_name(node, ref.node, notes)))
             return
     pending = [(folder, PurePosixPath())]
     while pending:
         current, base = pending.pop(0)
         async for page in client.list_folder(ref.context, ref.context_id, current):
             for child in page:
-                entry = Entry(
-                    ref, child, base / safe_name(str(child.get("name") or child.get("id")))
-                )
+                entry = Entry(ref, child, base / _local_name(child, "unnamed", notes))
                 yield entry
                 if recursive and entry.kind == "folder":
                     pending.append((entry.node_id, entry.path))
+
+
+def _local_name(node: Mapping[str, Any], fallback: str, notes: bool) -> str:
+    name = safe_name(str(node.get("name") or node.get("id") or fallback))
+    if notes and str(node.get("type", "")).lower() == "note":
+        return safe_name(note_file_name(name))
+    return name

@@ -39,6 +39,8 @@ class RemoteFile:
     hash: str | None
     hash_algo: str | None
     version: str | None
+    kind: str = "file"  # or "note": markdown through readnote, saved as NAME.md
+    pinned: bool = False  # REF@VERSION: ``version`` was asked for, it is not the current one
 
 
 @dataclass(slots=True)
@@ -50,6 +52,7 @@ class PlanItem:
     remote: RemoteFile
     relpath: Path
     key: int = 0
+    content: bytes | None = None  # a note's text, read before the local decision
 
 
 @dataclass(frozen=True, slots=True)

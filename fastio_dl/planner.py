@@ -7,6 +7,7 @@ listings and bulk details overlap the transfers instead of preceding them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,20 @@ def remote_file(context: str, context_id: str, node: Mapping[str, Any]) -> Remot
     )
 
 
+def note_file_name(name: str) -> str:
+    """A note is saved as ``NAME.md`` (a name already ending in ``.md`` stays as it is)."""
+    return name if name.lower().endswith(".md") else f"{name}.md"
+
+
+def version_id_of(version: Mapping[str, Any]) -> str:
+    """A version entry's id (``id``; ``version_id`` or ``version`` in other builds)."""
+    for key in ("id", "version_id", "version"):
+        value = version.get(key)
+        if value:
+            return str(value)
+    return ""
+
+
 def _is_complete(node: Mapping[str, Any]) -> bool:
     return node.get("size") is not None and bool(node.get("hash")) and "version" in node
 
@@ -55,6 +70,7 @@ def _is_complete(node: Mapping[str, Any]) -> bool:
 class Planner:
     client: FastioClient
     out: asyncio.Queue[PlanEntry | None]
+    notes: bool = False  # --notes: notes in folders are saved too (as NAME.md)
     # Every local path claimed so far, with its owner: in SQLite, not in memory (a million
     # files would otherwise cost hundreds of MB here).
     claimed: Claims = field(default_factory=Claims)
@@ -74,21 +90,16 @@ class Planner:
         gone, and a put on a full queue would wait for ever); the pipeline accounts for what
         it left. ``done`` holds (by ``id``) the targets planned completely.
         """
-        later = [t for t in targets if t.ref.version or t.ref.context == "fileshare"]
-        for target in later:
-            await self._emit(
-                PlanFailure(target, target.ref.node, None, "versions and File Shares: not yet")
-            )
-            self.done.add(id(target))
-        targets = [t for t in targets if t not in later]
+        fileshares = [t for t in targets if t.ref.context == "fileshare"]
         roots = [t for t in targets if t.ref.node in ("root", "trash")]
         by_context: dict[tuple[str, str], list[Target]] = {}
         for target in targets:
-            if target.ref.node not in ("root", "trash"):
+            if target.ref.node not in ("root", "trash") and target.ref.context != "fileshare":
                 by_context.setdefault((target.ref.context, target.ref.context_id), []).append(
                     target
                 )
         jobs = [self._planned(self._walk_root(t), [t]) for t in roots]
+        jobs += [self._planned(self._fileshare(t), [t]) for t in fileshares]
         for (context, context_id), group in by_context.items():
             for start in range(0, len(group), BULK_DETAILS_MAX):
                 chunk = group[start : start + BULK_DETAILS_MAX]
@@ -103,7 +114,11 @@ class Planner:
     async def _emit(self, entry: PlanEntry) -> None:
         if isinstance(entry, PlanItem):
             path_key = entry.relpath.as_posix()
-            owner = (entry.remote.context_id, entry.remote.node_id)
+            remote = entry.remote
+            # An earlier version of a file is another file: asked for beside the current one,
+            # both may not land on one path.
+            node_key = f"{remote.node_id}@{remote.version}" if remote.pinned else remote.node_id
+            owner = (remote.context_id, node_key)
             # The usual case first: a path nobody claimed yet, not even in another case.
             if not self.claimed.claim(path_key, owner) and not await self._claim_contended(
                 entry, path_key, owner
@@ -180,28 +195,71 @@ class Planner:
             kind = str(node.get("type", "file")).lower()
             name = str(node.get("name") or target.ref.node)
             if kind == "folder":
+                if target.ref.version:
+                    await self._emit(
+                        PlanFailure(
+                            target,
+                            target.ref.node,
+                            None,
+                            f"{name} is a folder: a version names a file",
+                        )
+                    )
+                    continue
                 base = target.dest if target.dest is not None else Path(safe_name(name))
                 jobs.append(self._walk(target, context, context_id, target.ref.node, base))
             else:
                 relpath = target.dest if target.dest is not None else Path(safe_name(name))
-                await self._file_entry(target, context, context_id, node, relpath)
+                await self._file_entry(target, context, context_id, node, relpath, named=True)
         await _gather_all(jobs)
 
+    async def _fileshare(self, target: Target) -> None:
+        """A File Share: its one file, from the share's details (no listing, no bulk details)."""
+        try:
+            node = await self.client.fileshare_file(target.ref.context_id)
+        except FastioDlError as exc:
+            # A refused link (wrong password, not shared with this account) says nothing about
+            # the token or the other references: this one fails, the run goes on.
+            await self._emit(PlanFailure(target, target.ref.context_id, None, describe(exc)))
+            return
+        name = str(node.get("name") or target.ref.context_id)
+        relpath = target.dest if target.dest is not None else Path(safe_name(name))
+        await self._file_entry(
+            target, "fileshare", target.ref.context_id, node, relpath, named=True
+        )
+
     async def _file_entry(
-        self, target: Target, context: str, context_id: str, node: Mapping[str, Any], relpath: Path
+        self,
+        target: Target,
+        context: str,
+        context_id: str,
+        node: Mapping[str, Any],
+        relpath: Path,
+        *,
+        named: bool = False,
     ) -> None:
+        """``named``: the reference names this node itself (not a folder holding it)."""
         kind = str(node.get("type", "file")).lower()
         node_id = _norm(str(node.get("id", "")))
-        if kind in ("note", "link"):
-            await self._emit(
-                PlanSkip(target, node_id, relpath, Kind.NO_BYTES, f"{kind} (no bytes to download)")
-            )
+        if kind == "note" and (self.notes or named):
+            # A note asked for by name is wanted even without --notes.
+            if target.dest is None or not named:
+                relpath = relpath.with_name(safe_name(note_file_name(relpath.name)))
+            remote = remote_file(context, context_id, node)
+            remote = dataclasses.replace(remote, kind="note", size=0, hash=None, hash_algo=None)
+            if target.ref.version and named:
+                remote = dataclasses.replace(remote, version=target.ref.version, pinned=True)
+            await self._emit(PlanItem(target, remote, relpath))
+        elif kind in ("note", "link"):
+            why = "note (saved only with --notes)" if kind == "note" else "link (no bytes)"
+            await self._emit(PlanSkip(target, node_id, relpath, Kind.NO_BYTES, why))
         elif kind != "file":
             await self._emit(
                 PlanSkip(
                     target, node_id, relpath, Kind.UNSUPPORTED, f"unsupported node type {kind!r}"
                 )
             )
+        elif target.ref.version and named:
+            await self._versioned(target, context, context_id, node, relpath)
         else:
             remote = remote_file(context, context_id, node)
             if remote.size < 0:
@@ -210,6 +268,56 @@ class Planner:
                 )
             else:
                 await self._emit(PlanItem(target, remote, relpath))
+
+    async def _versioned(
+        self,
+        target: Target,
+        context: str,
+        context_id: str,
+        node: Mapping[str, Any],
+        relpath: Path,
+    ) -> None:
+        """``REF@VERSION``: that version's own size and hash, read with its ``version_id``."""
+        wanted = target.ref.version
+        current = remote_file(context, context_id, node)
+        try:
+            async with self._details_gate:
+                versions = await self.client.versions(context, context_id, current.node_id)
+        except AuthError:
+            raise
+        except FastioDlError as exc:
+            await self._emit(PlanFailure(target, current.node_id, relpath, describe(exc)))
+            return
+        match = [v for v in versions if version_id_of(v) == wanted]
+        if not match:
+            await self._emit(
+                PlanFailure(
+                    target,
+                    current.node_id,
+                    relpath,
+                    f"{current.name} has no version {wanted!r} "
+                    f"(`fastio-dl ls --versions {target.ref.text.rpartition('@')[0]}` lists them)",
+                )
+            )
+            return
+        version = match[0]
+        try:
+            size = int(version["size"])
+        except (KeyError, TypeError, ValueError):
+            await self._emit(
+                PlanFailure(target, current.node_id, relpath, f"version {wanted} has no size")
+            )
+            return
+        algo = version.get("hash_algo") or current.hash_algo
+        remote = dataclasses.replace(
+            current,
+            size=size,
+            hash=str(version["hash"]).lower() if version.get("hash") else None,
+            hash_algo=str(algo).lower() if algo else None,
+            version=wanted,
+            pinned=True,
+        )
+        await self._emit(PlanItem(target, remote, relpath))
 
     async def _walk_root(self, target: Target) -> None:
         base = target.dest if target.dest is not None else Path()

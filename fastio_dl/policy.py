@@ -44,6 +44,10 @@ class LocalPolicy(Protocol):
         the files are on disk (None: nothing staged)."""
         ...
 
+    def note_is_current(self, item: PlanItem, final: Path) -> bool:
+        """Whether a note's text need not even be read (its version is the one we wrote)."""
+        ...
+
 
 class GetPolicy:
     """``get``: skip a local file with the same size and hash; otherwise replace (or keep)."""
@@ -67,6 +71,9 @@ class GetPolicy:
 
     def durable(self) -> Callable[[], None] | None:
         return None
+
+    def note_is_current(self, item: PlanItem, final: Path) -> bool:
+        return False  # get compares the text itself (read, then size and hash)
 
 
 class SyncPolicy:
@@ -103,6 +110,18 @@ class SyncPolicy:
                 return Decision(Kind.ADOPTED, "adopted (identical local file)", record=True)
             return Decision(replace=True)
         return Decision()
+
+    def note_is_current(self, item: PlanItem, final: Path) -> bool:
+        """Notes are tracked by version like files: the same note at the same version, and the
+        local file as we wrote it, needs no ``readnote`` at all."""
+        remote = item.remote
+        record = self.state.get(item.relpath.as_posix())
+        return (
+            record is not None
+            and remote.version is not None
+            and (record.node_id, record.version) == (remote.node_id, remote.version)
+            and local_matches_record(final, record)
+        )
 
     async def record(self, item: PlanItem, final: Path) -> None:
         stat = os.stat(final)

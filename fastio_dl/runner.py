@@ -141,8 +141,7 @@ async def sync_async(
     if not isinstance(manifest, Manifest):
         text, name = read_manifest(str(manifest))
         manifest = parse_manifest(text, name, workspace=settings.workspace, share=settings.share)
-    if settings.token is None:
-        raise missing_token_error()
+    require_token(settings, manifest.targets)
     dest = settings.dest
     dest.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -224,8 +223,7 @@ async def run_engine(
     record: bool = False,
 ) -> Outcome:
     """One engine run over one client session; the reporter is not closed here."""
-    if settings.token is None:
-        raise missing_token_error()
+    require_token(settings, targets)
     recorder = Recorder() if record else None
     if recorder is not None:
         reporter = Fanout(reporter, recorder)
@@ -244,6 +242,12 @@ async def run_engine(
     if recorder is not None:
         outcome.files = recorder.finished()
     return outcome
+
+
+def require_token(settings: Settings, targets: list[Target]) -> None:
+    """An API token, unless every target is a File Share (such a link may be public)."""
+    if settings.token is None and any(t.ref.context != "fileshare" for t in targets):
+        raise missing_token_error()
 
 
 def _pass_warnings(client: FastioClient, reporter: Reporter) -> None:

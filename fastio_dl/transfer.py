@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import time
 from pathlib import Path
 
@@ -137,7 +139,7 @@ class Engine:
         plan_q: asyncio.Queue[PlanEntry | None] = asyncio.Queue(PLAN_QUEUE)
         ready_q: asyncio.Queue[Ready | None] = asyncio.Queue(self.settings.concurrency)
         self.dest.mkdir(parents=True, exist_ok=True)
-        planner = Planner(self.client, plan_q)
+        planner = Planner(self.client, plan_q, notes=self.settings.notes)
         n = self.settings.concurrency
         self._preparers = n
         failure: BaseException | None = None
@@ -244,6 +246,11 @@ class Engine:
                     "give this file another DEST in a manifest"
                 )
             self.guard.check(final)
+            if entry.remote.kind == "note":
+                if self.policy.note_is_current(entry, final):
+                    self._finish_after_sync(entry, final, Kind.UP_TO_DATE, 0, "up to date", None)
+                    return None
+                await self._load_note(entry)
             decision = await self.policy.decide(entry, final)
             if decision.skip is not None or self.dry_run:
                 if decision.skip is not None and not self.dry_run:
@@ -315,6 +322,24 @@ class Engine:
             self._finish(
                 entry.target, entry.node_id, entry.relpath, Kind.PLAN, 0, 0, error=entry.error
             )
+
+    async def _load_note(self, item: PlanItem) -> None:
+        """Read a note's markdown now: its size and hash (sha256 of the text as saved) then let
+        the local side decide as for any file."""
+        remote = item.remote
+        text = await self.client.read_note(
+            remote.context,
+            remote.context_id,
+            remote.node_id,
+            version_id=remote.version if remote.pinned else None,
+        )
+        item.content = text.encode("utf-8")
+        item.remote = dataclasses.replace(
+            remote,
+            size=len(item.content),
+            hash=hashlib.sha256(item.content).hexdigest(),
+            hash_algo="sha256",
+        )
 
     def _reserve(self, item: PlanItem, final: Path) -> None:
         """Check room for this file on top of what files already in flight still need."""
@@ -425,6 +450,8 @@ class Engine:
     async def _fetch(self, item: PlanItem, final: Path, token: str | None) -> int:
         remote = item.remote
         meta = PartMeta(remote.node_id, remote.version, remote.hash, remote.hash_algo, remote.size)
+        if item.content is not None:
+            return await self._save_note(item, final, meta)
         # Small files are verified in memory and written in one step; large ones stream to disk.
         part: Part = (
             MemoryPart(final, meta, sync=self.fsync_each)
@@ -449,6 +476,17 @@ class Engine:
                 # One connection alone is fast: it goes on as one stream from where it is.
                 self.reporter.emit(Notice("info", f"{final}: {exc}"))
         return await fetcher.fetch_stream(item, final, part, token)
+
+    async def _save_note(self, item: PlanItem, final: Path, meta: PartMeta) -> int:
+        """A note's text, already read: checked and renamed into place like any small file."""
+        assert item.content is not None
+        part = MemoryPart(final, meta, sync=self.fsync_each)
+        self.guard.check(final)
+        await part.open(0)
+        await part.write([item.content])
+        await part.verify()
+        await part.commit()
+        return len(item.content)
 
     # ------------------------------------------------------------------ accounting
     def _fail(self, item: PlanItem, final: Path, kind: Kind, error: str) -> None:
