@@ -473,6 +473,7 @@ class FastioClient:
             register_secret(secret)
         self._refresh_lock = asyncio.Lock()
         self.refreshes = 0  # OAuth refreshes done in this run
+        self._renewed_midrun = False
         self.warnings: list[str] = []  # for the CLI to show once the run is over
         self.api_calls = 0
         self.gate = RateGate(jitter=max(0.05, settings.backoff_initial / 4))
@@ -683,6 +684,8 @@ class FastioClient:
 
     async def _check_token(self) -> None:
         what = "token check"
+        if not self._token:
+            return  # an anonymous run (public File Share links): no token to check
         try:
             body = await self._get_json(f"{self._base}/user/auth/check/", what, on_401="dead")
         except AuthError:
@@ -698,10 +701,13 @@ class FastioClient:
             raise TransferError(f"{what}: unrecognised answer (keys: {', '.join(body)})")
 
     async def _renew(self, token: str | None) -> bool:
-        """The token was found dead: a stored OAuth login may renew it. True if it did."""
-        if token is None:
+        """The token was found dead: a stored OAuth login may renew it, once per run (a second
+        death means something else is wrong). True if it did."""
+        if token is None or self._renewed_midrun:
             return False
-        return await self.refresh_login(token)  # its own AuthError says why it could not
+        renewed = await self.refresh_login(token)  # its own AuthError says why it could not
+        self._renewed_midrun = self._renewed_midrun or renewed
+        return renewed
 
     async def _after_401(self, token: str | None, error: Exception) -> None:
         """Mid-run 401: the token dead stops the run (AuthError); renewed, the call is made

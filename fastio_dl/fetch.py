@@ -85,7 +85,7 @@ class Fetcher:
             return None  # bearer/auto: /read/ takes the API token itself, one round trip less
         remote = item.remote
         return await self.client.request_read(
-            remote.context, remote.context_id, remote.node_id, version_id=remote.version
+            remote.context, remote.context_id, remote.node_id, version_id=remote.read_version
         )
 
     async def fetch_stream(self, item: PlanItem, final: Path, part: Part, token: str | None) -> int:
@@ -141,7 +141,7 @@ class Fetcher:
                 remote.node_id,
                 token=state.token,
                 start=offset,
-                version_id=remote.version,
+                version_id=remote.read_version,
             ) as stream:
                 if offset > 0:
                     cr = stream.content_range

@@ -42,6 +42,12 @@ class RemoteFile:
     kind: str = "file"  # or "note": markdown through readnote, saved as NAME.md
     pinned: bool = False  # REF@VERSION: ``version`` was asked for, it is not the current one
 
+    @property
+    def read_version(self) -> str | None:
+        """The ``version_id`` a read pins. A File Share's current file is read at its plain
+        documented path; its version path only for a version asked for."""
+        return self.version if self.pinned or self.context != "fileshare" else None
+
 
 @dataclass(slots=True)
 class PlanItem:

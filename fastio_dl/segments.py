@@ -440,7 +440,7 @@ class _SegmentedRun:
                         token=self.state.token,
                         start=start,
                         end=seg[1],
-                        version_id=remote.version,
+                        version_id=remote.read_version,
                     ) as stream:
                         self.answered()
                         cr = stream.content_range

@@ -192,7 +192,13 @@ def test_a_file_share_password_goes_only_in_its_header(
     done = served.cli("get", f"fileshare:{share.id}", "-d", str(tmp_path / "b"), "--json")
     assert done.exit_code == 0, done.stderr
     assert (tmp_path / "b" / node.name).stat().st_size == node.blob.size  # type: ignore[union-attr]
-    assert all(r["headers"].get("x-ve-password") == "s3cret-pw" for r in served.emulator.requests)
+    sent = {r["path"]: r["headers"].get("x-ve-password") for r in served.emulator.requests}
+    assert {p for p in sent if "/fileshare/" in p} == {
+        f"/current/fileshare/{share.id}/details/",
+        f"/current/fileshare/{share.id}/storage/read/",
+    }
+    # the password goes to the File Share's own endpoints and nowhere else
+    assert all((pw == "s3cret-pw") == ("/fileshare/" in p) for p, pw in sent.items())
     assert "s3cret-pw" not in done.stdout + done.stderr
 
 
@@ -207,7 +213,7 @@ def test_a_wrong_password_file_fails_that_link(served: Served, tmp_path: Path) -
         "get", f"fileshare:{share.id}", "-d", str(tmp_path / "o"), "--password-file", str(pw)
     )
     assert result.exit_code == 1
-    assert "HTTP 401 Wrong password; check the link password" in result.stderr
+    assert "HTTP 401 Wrong password (code 1650); check the link password" in result.stderr
     empty = tmp_path / "empty"
     empty.write_text("")
     usage = served.cli("get", f"fileshare:{share.id}", "--password-file", str(empty))

@@ -16,6 +16,7 @@ from fastio_dl import credentials
 from fastio_dl.cli import app
 from fastio_dl.config import load_settings
 from fastio_dl.credentials import choose_profile, cli_config_dir, load_login
+from fastio_dl.emulator import DatasetSpec
 from fastio_dl.errors import UsageError
 from tests.conftest import Served, tree_digests
 
@@ -258,3 +259,55 @@ def test_config_show_names_the_profile_file_and_expiry(tmp_path: Path, served: S
     assert access not in out and refresh not in out
     code, out, _err = run("config", "show", "--profile", "default")
     assert "profile = default (--profile)" in out and "API key (does not expire)" in out
+
+
+# ----------------------------------------------------------------------------- mid-run
+
+
+def test_a_login_that_dies_mid_run_is_renewed_once_and_the_run_goes_on(
+    tmp_path: Path, make_served: Any
+) -> None:
+    served = make_served(DatasetSpec(files=40, depth=2, fanout=2, max_size=16 * 1024))
+    access, refresh = served.emulator.issue_login()
+    # alive for the token check and the first listings, then refused (10011) from then on
+    served.emulator.token_deaths[access] = 4
+    path = _login_files(tmp_path, served, expires_in=3000, refresh=refresh, access=access)
+    dest = tmp_path / "out"
+    code, out, err = run("get", f"ws:{served.ws}/root", "-d", str(dest), "--progress", "plain")
+    assert code == 0, err
+    assert tree_digests(dest) == served.expected()
+    assert len(served.emulator.oauth_forms) == 1
+    assert served.stat("status:401") >= 1
+    stored = json.loads(path.read_text())["profiles"]["work"]
+    assert stored["token"] != access and stored["token"] in served.emulator.tokens
+    assert access not in out + err and refresh not in out + err
+
+
+def test_a_mid_run_death_is_renewed_only_once(tmp_path: Path, make_served: Any) -> None:
+    served = make_served(DatasetSpec(files=40, depth=2, fanout=2, max_size=16 * 1024))
+    access, refresh = served.emulator.issue_login()
+    served.emulator.token_deaths[access] = 4
+    _login_files(tmp_path, served, expires_in=3000, refresh=refresh, access=access)
+    real_issue = served.emulator.issue_login
+
+    def issue_a_short_lived_login() -> tuple[str, str]:
+        new_access, new_refresh = real_issue()
+        served.emulator.token_deaths[new_access] = 0  # the renewed token dies at once too
+        return new_access, new_refresh
+
+    served.emulator.issue_login = issue_a_short_lived_login  # type: ignore[method-assign]
+    code, _out, err = run("get", f"ws:{served.ws}/root", "-d", str(tmp_path / "o"))
+    assert code == 3
+    assert len(served.emulator.oauth_forms) == 1
+    assert "the API refused the token" in err
+
+
+def test_a_mid_run_death_without_a_refresh_token_exits_3(tmp_path: Path, make_served: Any) -> None:
+    served = make_served(DatasetSpec(files=40, depth=2, fanout=2, max_size=16 * 1024))
+    access, _refresh = served.emulator.issue_login()
+    served.emulator.token_deaths[access] = 4
+    _login_files(tmp_path, served, expires_in=3000, refresh=None, access=access)
+    code, _out, err = run("get", f"ws:{served.ws}/root", "-d", str(tmp_path / "o"))
+    assert code == 3
+    assert served.emulator.oauth_forms == []
+    assert "the API refused the token" in err

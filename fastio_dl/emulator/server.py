@@ -162,6 +162,8 @@ class Emulator:
         self.switches = switches or Switches()
         self.tokens = tokens if tokens is not None else {DEFAULT_TOKEN}
         self.refresh_tokens: set[str] = set()  # OAuth refresh tokens; each is good for one use
+        #: token -> request count from which it is refused (a login that dies mid-run)
+        self.token_deaths: dict[str, int] = {}
         self.oauth_forms: list[dict[str, str]] = []  # what each POST /oauth/token/ sent
         self.read_tokens: dict[str, tuple[str, str, str, float]] = {}
         self.counters: Counter[str] = Counter()
@@ -262,7 +264,9 @@ class Emulator:
         self.counters[endpoint] += 1
         self.counters["requests"] += 1
         if len(self.requests) < 10_000:
-            self.requests.append({"endpoint": endpoint, "headers": dict(request.headers)})
+            self.requests.append(
+                {"endpoint": endpoint, "path": request.path, "headers": dict(request.headers)}
+            )
         if endpoint in ("read", "requestread") and len(self.reads) < 200_000:
             self.reads.append(
                 {
@@ -373,7 +377,11 @@ class Emulator:
 
     def _auth(self, request: web.Request) -> web.Response | None:
         header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and header[7:] in self.tokens:
+        token = header[7:] if header.startswith("Bearer ") else None
+        due = self.token_deaths.get(token) if token else None
+        if due is not None and self.counters["requests"] >= due:
+            self.tokens.discard(token)
+        if token is not None and token in self.tokens:
             return None
         return _error(401, 10011, "Authentication required" if not header else "Invalid token")
 
