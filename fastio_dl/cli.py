@@ -868,6 +868,70 @@ def verify(
     guarded(debug, body)
 
 
+# ----------------------------------------------------------------------------- doctor
+
+
+@app.command()
+def doctor(
+    ref: Annotated[
+        str | None,
+        typer.Argument(
+            help="A file or folder to try as well (details, listing, a read).", show_default=False
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool,
+        _opt(
+            "--json",
+            help="One JSON object for a bug report: shapes, key names, statuses and "
+            "header names only, no values.",
+        ),
+    ] = False,
+    workspace: WorkspaceOpt = None,
+    share: ShareOpt = None,
+    password_file: PasswordFileOpt = None,
+    token: TokenOpt = None,
+    profile: ProfileOpt = None,
+    api_base: ApiBaseOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Check, one line each, that the API, the token and REF work with this fastio-dl."""
+    from fastio_dl.doctor import Check, Doctor, scrubbed
+
+    def body() -> int:
+        parsed = parse_ref(ref, workspace=workspace, share=share) if ref else None
+        settings = load_settings(
+            {
+                "token": token,
+                "profile": profile,
+                "password_file": password_file,
+                "api_base": api_base,
+                "ca_bundle": ca_bundle,
+                "debug": debug,
+            },
+            file_values=_CONFIG["file"].low_precedence_values(),
+        )
+
+        async def examine() -> list[Check]:
+            async with FastioClient.open(settings, max_connections=4) as client:
+                try:
+                    return await Doctor(client, settings).run(parsed)
+                finally:
+                    _echo_warnings(client)
+
+        checks = run_async(examine)
+        if json_out:
+            report = {"fastio_dl": __version__, "checks": [scrubbed(c.report) for c in checks]}
+            typer.echo(json.dumps(report, sort_keys=True))
+        else:
+            for check in checks:
+                typer.echo(f"{'ok  ' if check.ok else 'FAIL'}  {redact(check.line)}")
+        return 0 if all(c.ok for c in checks) else int(ExitCode.FAILED)
+
+    guarded(debug, body)
+
+
 # ----------------------------------------------------------------------------- config show
 
 

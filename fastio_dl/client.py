@@ -1041,6 +1041,72 @@ class FastioClient:
         raise TransferError(f"read: more than {MAX_REDIRECTS} redirects")
 
 
+@dataclass
+class Probe:
+    """One request as ``doctor`` reports it: what came back, nothing interpreted."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: Any  # the JSON answer, or None
+    size: int  # bytes of the body read
+    seconds: float
+    tls: str | None  # the TLS version, None on plain HTTP
+    redirects: list[tuple[int, bool]]  # (status, to another origin) for each hop followed
+    error: str | None = None  # the request did not complete (connection, TLS, timeout)
+
+
+async def probe(
+    client: FastioClient,
+    url: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    bearer: bool = True,
+    limit: int = 1 << 20,
+) -> Probe:
+    """GET ``url`` once, no retry, and keep what ``doctor`` shows (at most ``limit`` bytes)."""
+    sent = dict(headers or {})
+    if bearer and client._token:
+        sent["Authorization"] = f"Bearer {client._token}"
+    started = time.monotonic()
+    try:
+        async with client._session.get(
+            url, params=params, headers=sent, proxy=client._proxy, auto_decompress=False
+        ) as resp:
+            transport = resp.connection.transport if resp.connection else None
+            ssl_object = transport.get_extra_info("ssl_object") if transport else None
+            raw = await resp.content.read(limit)
+            origin = _origin(url)
+            hops = [
+                (r.status, _origin(str(r.headers.get("Location", url))) != origin)
+                for r in resp.history
+            ]
+            try:
+                body: Any = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            return Probe(
+                resp.status,
+                dict(resp.headers),
+                body,
+                len(raw),
+                time.monotonic() - started,
+                ssl_object.version() if ssl_object is not None else None,
+                hops,
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Probe(
+            None,
+            {},
+            None,
+            0,
+            time.monotonic() - started,
+            None,
+            [],
+            client.redact(_describe_network_error(exc)),
+        )
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
