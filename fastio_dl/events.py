@@ -117,6 +117,11 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanComplete:
+    """Every reference is resolved and every file of the run has been queued: totals are final."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunSummary:
     downloaded: int
     skipped: int
@@ -126,7 +131,16 @@ class RunSummary:
     interrupted: bool = False
 
 
-Event = FileQueued | FileStarted | FileProgress | FileRetry | FileFinished | Notice | RunSummary
+Event = (
+    FileQueued
+    | FileStarted
+    | FileProgress
+    | FileRetry
+    | FileFinished
+    | Notice
+    | PlanComplete
+    | RunSummary
+)
 
 
 class Reporter(Protocol):

@@ -34,7 +34,15 @@ from pathlib import Path
 from fastio_dl.client import FastioClient
 from fastio_dl.config import Settings
 from fastio_dl.errors import AuthError, FastioDlError, TransferError, WriteError, describe
-from fastio_dl.events import FileFinished, FileQueued, Kind, Notice, Reporter, RunSummary
+from fastio_dl.events import (
+    FileFinished,
+    FileQueued,
+    Kind,
+    Notice,
+    PlanComplete,
+    Reporter,
+    RunSummary,
+)
 from fastio_dl.fetch import Fetcher, Part
 from fastio_dl.models import (
     STATE_DIR,
@@ -221,6 +229,7 @@ class Engine:
                     raise
         self._preparers -= 1
         if self._preparers == 0:  # the last preparer out tells every download worker
+            self.reporter.emit(PlanComplete())  # every file of the run is queued: totals final
             for _ in range(2 * self.settings.concurrency):
                 await ready_q.put(None)
 

@@ -16,6 +16,7 @@ from fastio_dl.events import (
     FileRetry,
     FileStarted,
     Notice,
+    PlanComplete,
     RunSummary,
 )
 
@@ -90,6 +91,7 @@ class JsonProgress:
             FileRetry: "retry",
             FileFinished: "file",
             Notice: "notice",
+            PlanComplete: "plan_complete",
             RunSummary: "summary",
         }[type(event)]
         record = (
