@@ -17,6 +17,7 @@ import pytest
 from fastio_dl import segments
 from fastio_dl.blockio import PieceBuffer
 from fastio_dl.emulator import Fault, SeededBlob
+from fastio_dl.emulator.server import BODY_CHUNK
 from fastio_dl.segments import split_segments
 from tests.conftest import Served
 
@@ -247,7 +248,10 @@ def test_a_fast_single_connection_goes_on_as_one_stream(
     assert ranges[1] is not None and ranges[1].endswith("-")
     resumed_at = int(ranges[1].split("=")[1].rstrip("-"))
     assert 0 < resumed_at <= first_piece[1] + 1
-    assert served.stat("read_bytes") == size
+    # No byte the client received is asked for again; only what was still in flight when the
+    # first connection stopped (a chunk or two the server had written, the client not yet
+    # read) is sent twice.
+    assert size <= served.stat("read_bytes") <= size + 2 * BODY_CHUNK
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
 
 
