@@ -406,6 +406,17 @@ class Emulator:
             {"user": {"id": "1234567890123456789", "email_address": "emulator@example.invalid"}}
         )
 
+    def _storage_node(self, request: web.Request) -> tuple[Space, Node | None] | web.Response:
+        """The space and node (None: no such node) a storage call names, once its token passed;
+        else the refusal to send."""
+        denied = self._auth(request)
+        if denied:
+            return denied
+        space = self._space(request)
+        if isinstance(space, web.Response):
+            return space
+        return space, self._node(space, request.match_info["node"])
+
     async def details(self, request: web.Request) -> web.Response:
         denied = self._auth(request)
         if denied:
@@ -437,13 +448,10 @@ class Emulator:
         return web.json_response(body, status=200 if nodes else 404)
 
     async def list_folder(self, request: web.Request) -> web.Response:
-        denied = self._auth(request)
-        if denied:
-            return denied
-        space = self._space(request)
-        if isinstance(space, web.Response):
-            return space
-        node = self._node(space, request.match_info["node"])
+        found = self._storage_node(request)
+        if isinstance(found, web.Response):
+            return found
+        space, node = found
         if node is None or node.type != "folder":
             return _error(404, 1404, "Folder not found")
         try:
@@ -473,25 +481,19 @@ class Emulator:
         )
 
     async def versions(self, request: web.Request) -> web.Response:
-        denied = self._auth(request)
-        if denied:
-            return denied
-        space = self._space(request)
-        if isinstance(space, web.Response):
-            return space
-        node = self._node(space, request.match_info["node"])
+        found = self._storage_node(request)
+        if isinstance(found, web.Response):
+            return found
+        _, node = found
         if node is None or node.type != "file":
             return _error(404, 1404, "File not found")
         return _ok({"versions": _versions(node)})
 
     async def read_note(self, request: web.Request) -> web.Response:
-        denied = self._auth(request)
-        if denied:
-            return denied
-        space = self._space(request)
-        if isinstance(space, web.Response):
-            return space
-        node = self._node(space, request.match_info["node"])
+        found = self._storage_node(request)
+        if isinstance(found, web.Response):
+            return found
+        _, node = found
         if node is None:
             return _error(404, 1404, "Node not found")
         if node.type != "note":
@@ -595,13 +597,10 @@ class Emulator:
         return await self._serve(request, node, blob)
 
     async def request_read(self, request: web.Request) -> web.Response:
-        denied = self._auth(request)
-        if denied:
-            return denied
-        space = self._space(request)
-        if isinstance(space, web.Response):
-            return space
-        node = self._node(space, request.match_info["node"])
+        found = self._storage_node(request)
+        if isinstance(found, web.Response):
+            return found
+        space, node = found
         if node is None:
             return _error(404, 1404, "Node not found")
         version_id = request.query.get("version_id")
