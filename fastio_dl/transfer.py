@@ -444,16 +444,7 @@ class Engine:
             self._fail(item, final, Kind.WRITE, error)
             self._stop_new = self._stop_new or f"an earlier write failed ({error})"
             return
-        self._finish(
-            item.target,
-            item.remote.node_id,
-            item.relpath,
-            kind,
-            item.remote.size,
-            transferred,
-            reason=reason,
-            key=item.key,
-        )
+        self._finish_item(item, kind, transferred, reason=reason)
 
     # ------------------------------------------------------------------ one file
     async def _fetch(self, item: PlanItem, final: Path, token: str | None) -> int:
@@ -499,14 +490,26 @@ class Engine:
 
     # ------------------------------------------------------------------ accounting
     def _fail(self, item: PlanItem, final: Path, kind: Kind, error: str) -> None:
+        self._finish_item(item, kind, 0, error=error)
+
+    def _finish_item(
+        self,
+        item: PlanItem,
+        kind: Kind,
+        transferred: int,
+        *,
+        error: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         self._finish(
             item.target,
             item.remote.node_id,
             item.relpath,
             kind,
             item.remote.size,
-            0,
+            transferred,
             error=error,
+            reason=reason,
             key=item.key,
         )
 
