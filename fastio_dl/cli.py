@@ -24,8 +24,20 @@ import typer
 from fastio_dl import __version__
 from fastio_dl.client import FastioClient
 from fastio_dl.config import (
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DEST,
+    DEFAULT_FSYNC,
+    DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_READ_MODE,
+    DEFAULT_RETRIES,
+    DEFAULT_SEGMENT_THRESHOLD,
+    DEFAULT_SEGMENTS,
+    DEFAULT_STALL_TIMEOUT,
     EMPTY_CONFIG,
     FILE_ONLY_KEYS,
+    FSYNC_MODES,
+    READ_MODES,
     ConfigFile,
     Settings,
     default_config_path,
@@ -40,9 +52,8 @@ from fastio_dl.manifest import ManifestError, parse_manifest, read_manifest
 from fastio_dl.models import Outcome, Target
 from fastio_dl.process import leave_now, run_async
 from fastio_dl.refs import Ref, parse_ref
-from fastio_dl.reporting import PROGRESS_MODES, make_reporter
+from fastio_dl.reporting import DEFAULT_PROGRESS, PROGRESS_MODES, make_reporter
 from fastio_dl.runner import Stopper, require_token, run_engine, sync_async
-from fastio_dl.storage import FSYNC_MODES
 from fastio_dl.syncing import parse_max_delete
 
 T = TypeVar("T")
@@ -203,9 +214,6 @@ def command_params(group: Any) -> dict[str, dict[str, str]]:
     return out
 
 
-_CONFIG: dict[str, ConfigFile] = {"file": EMPTY_CONFIG}
-
-
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -233,7 +241,7 @@ def main(
         loaded = load_config_file(path, required=config is not None, commands=commands)
     except UsageError as exc:
         _fail(exc.message, exc.hint, int(exc.exit_code))
-    _CONFIG["file"] = loaded
+    ctx.obj = loaded  # the commands find it with config_file(ctx): no state outlives the run
     # Click ranks default_map below flags and environment variables: exactly what we want.
     ctx.default_map = {
         command: {
@@ -243,6 +251,11 @@ def main(
         }
         for command, options in params.items()
     }
+
+
+def config_file(ctx: typer.Context) -> ConfigFile:
+    """The config file that :func:`main` loaded for this invocation."""
+    return ctx.find_object(ConfigFile) or EMPTY_CONFIG
 
 
 # ----------------------------------------------------------------------------- error handling
@@ -329,6 +342,17 @@ def parse_size(text: str, option: str) -> int:
     return int(number * _UNITS[unit])
 
 
+def size_text(size: int) -> str:
+    """A size as :func:`parse_size` reads it, in the largest unit that divides it (64M)."""
+    for unit, factor in reversed(_UNITS.items()):
+        if size % factor == 0 and (size or not unit):
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+SEGMENT_THRESHOLD_TEXT = size_text(DEFAULT_SEGMENT_THRESHOLD)  # the option's default, as typed
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None or not text.strip():
         return None
@@ -344,7 +368,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 # ----------------------------------------------------------------------------- running the engine
 
 
-def transfer_settings(values: dict[str, Any]) -> Settings:
+def transfer_settings(values: dict[str, Any], config: ConfigFile) -> Settings:
     """Settings from a command's parameters (their names match across get and sync)."""
     flags = {
         "token": values.get("token"),
@@ -363,7 +387,7 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
         "max_retry_wait": values["max_retry_wait"],
         "no_clobber": values.get("no_clobber", False),
         "debug": values["debug"],
-        "read_mode": check_choice("--read-mode", values["read_mode"], ("auto", "token", "bearer")),
+        "read_mode": check_choice("--read-mode", values["read_mode"], READ_MODES),
         "segments": values["segments"],
         "segment_threshold": parse_size(values["segment_threshold"], "--segment-threshold"),
         "shard": parse_shard(values.get("shard")),
@@ -374,7 +398,7 @@ def transfer_settings(values: dict[str, Any]) -> Settings:
         "fsync": check_choice("--fsync", values["fsync"], FSYNC_MODES),
     }
     check_choice("--progress", values["progress"], PROGRESS_MODES)
-    return load_settings(flags, file_values=_CONFIG["file"].low_precedence_values())
+    return load_settings(flags, file_values=config.low_precedence_values())
 
 
 def make_run_reporter(
@@ -476,6 +500,7 @@ def _say(quiet: bool) -> Callable[[str], None]:
 
 @app.command()
 def get(
+    ctx: typer.Context,
     refs: Annotated[
         list[str],
         typer.Argument(
@@ -483,15 +508,15 @@ def get(
             show_default=False,
         ),
     ],
-    dest: DestOpt = Path("."),
+    dest: DestOpt = DEFAULT_DEST,
     workspace: WorkspaceOpt = None,
     share: ShareOpt = None,
-    concurrency: ConcurrencyOpt = 16,
-    retries: RetriesOpt = 5,
-    stall_timeout: StallOpt = 60.0,
-    backoff: BackoffOpt = 1.0,
-    max_retry_wait: MaxWaitOpt = 300.0,
-    progress: ProgressOpt = "auto",
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
+    retries: RetriesOpt = DEFAULT_RETRIES,
+    stall_timeout: StallOpt = DEFAULT_STALL_TIMEOUT,
+    backoff: BackoffOpt = DEFAULT_BACKOFF_INITIAL,
+    max_retry_wait: MaxWaitOpt = DEFAULT_MAX_RETRY_WAIT,
+    progress: ProgressOpt = DEFAULT_PROGRESS,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     no_clobber: NoClobberOpt = False,
@@ -501,20 +526,20 @@ def get(
     profile: ProfileOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
-    read_mode: ReadModeOpt = "auto",
-    segments: SegmentsOpt = 4,
-    segment_threshold: SegmentThresholdOpt = "64M",
+    read_mode: ReadModeOpt = DEFAULT_READ_MODE,
+    segments: SegmentsOpt = DEFAULT_SEGMENTS,
+    segment_threshold: SegmentThresholdOpt = SEGMENT_THRESHOLD_TEXT,
     shard: ShardOpt = None,
     limit_rate: LimitRateOpt = None,
     log_file: LogFileOpt = None,
-    fsync: FsyncOpt = "batch",
+    fsync: FsyncOpt = DEFAULT_FSYNC,
     debug: DebugOpt = False,
 ) -> None:
     """Download files and whole folders (recursively) into DEST."""
     values = dict(locals())
 
     def body() -> int:
-        settings = transfer_settings(values)
+        settings = transfer_settings(values, config_file(ctx))
         texts = read_ref_lines(refs)
         if not texts:
             raise UsageError("no references given", "pass node ids, ws:/share: references or URLs")
@@ -538,21 +563,22 @@ def get(
 
 @app.command()
 def sync(
+    ctx: typer.Context,
     manifest: Annotated[
         str,
         typer.Argument(
             help="Manifest file of 'REF [DEST]' lines, or - for stdin.", show_default=False
         ),
     ],
-    dest: DestOpt = Path("."),
+    dest: DestOpt = DEFAULT_DEST,
     workspace: WorkspaceOpt = None,
     share: ShareOpt = None,
-    concurrency: ConcurrencyOpt = 16,
-    retries: RetriesOpt = 5,
-    stall_timeout: StallOpt = 60.0,
-    backoff: BackoffOpt = 1.0,
-    max_retry_wait: MaxWaitOpt = 300.0,
-    progress: ProgressOpt = "auto",
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
+    retries: RetriesOpt = DEFAULT_RETRIES,
+    stall_timeout: StallOpt = DEFAULT_STALL_TIMEOUT,
+    backoff: BackoffOpt = DEFAULT_BACKOFF_INITIAL,
+    max_retry_wait: MaxWaitOpt = DEFAULT_MAX_RETRY_WAIT,
+    progress: ProgressOpt = DEFAULT_PROGRESS,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     delete: Annotated[
@@ -584,20 +610,20 @@ def sync(
     profile: ProfileOpt = None,
     api_base: ApiBaseOpt = None,
     ca_bundle: CaBundleOpt = None,
-    read_mode: ReadModeOpt = "auto",
-    segments: SegmentsOpt = 4,
-    segment_threshold: SegmentThresholdOpt = "64M",
+    read_mode: ReadModeOpt = DEFAULT_READ_MODE,
+    segments: SegmentsOpt = DEFAULT_SEGMENTS,
+    segment_threshold: SegmentThresholdOpt = SEGMENT_THRESHOLD_TEXT,
     shard: ShardOpt = None,
     limit_rate: LimitRateOpt = None,
     log_file: LogFileOpt = None,
-    fsync: FsyncOpt = "batch",
+    fsync: FsyncOpt = DEFAULT_FSYNC,
     debug: DebugOpt = False,
 ) -> None:
     """Bring DEST up to date with a manifest: only new or changed files move."""
     values = dict(locals())
 
     def body() -> int:
-        settings = transfer_settings(values)
+        settings = transfer_settings(values, config_file(ctx))
         limit = parse_max_delete(max_delete)
         text, name = read_manifest(manifest)
         parsed = parse_manifest(
@@ -640,6 +666,7 @@ def sync(
 
 @app.command("ls")
 def list_command(
+    ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="A folder (or file) reference.", show_default=False)],
     recursive: Annotated[bool, _opt("-r", "--recursive", help="List the whole subtree.")] = False,
     json_out: JsonOpt = False,
@@ -666,7 +693,7 @@ def list_command(
 
     def body() -> int:
         parsed = parse_ref(ref, workspace=workspace, share=share)
-        settings_args = (token, api_base, ca_bundle, debug, profile)
+        settings_args = (config_file(ctx), token, api_base, ca_bundle, debug, profile)
         if versions:
             if manifest_out or recursive:
                 raise UsageError("--versions lists one file: no --manifest or --recursive")
@@ -756,6 +783,7 @@ def _print_versions(ref: Ref, json_out: bool, settings: Settings) -> int:
 
 
 def _api_settings(
+    config: ConfigFile,
     token: str | None,
     api_base: str | None,
     ca_bundle: Path | None,
@@ -770,7 +798,7 @@ def _api_settings(
             "ca_bundle": ca_bundle,
             "debug": debug,
         },
-        file_values=_CONFIG["file"].low_precedence_values(),
+        file_values=config.low_precedence_values(),
     )
     if settings.token is None:
         raise missing_token_error()
@@ -782,6 +810,7 @@ def _api_settings(
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     dest: Annotated[Path, typer.Argument(help="The local tree to check.", show_default=False)],
     manifest: Annotated[
         str | None,
@@ -812,7 +841,7 @@ def verify(
         if manifest is not None:
             text, name = read_manifest(manifest)
             parsed = parse_manifest(text, name, workspace=workspace, share=share)
-            settings = _api_settings(token, api_base, ca_bundle, debug, profile)
+            settings = _api_settings(config_file(ctx), token, api_base, ca_bundle, debug, profile)
 
             async def resolve() -> tuple[dict[str, Any], list[str]]:
                 async with FastioClient.open(settings, max_connections=8) as client:
@@ -873,6 +902,7 @@ def verify(
 
 @app.command()
 def doctor(
+    ctx: typer.Context,
     ref: Annotated[
         str | None,
         typer.Argument(
@@ -910,7 +940,7 @@ def doctor(
                 "ca_bundle": ca_bundle,
                 "debug": debug,
             },
-            file_values=_CONFIG["file"].low_precedence_values(),
+            file_values=config_file(ctx).low_precedence_values(),
         )
 
         async def examine() -> list[Check]:
@@ -942,7 +972,7 @@ def config_show(ctx: typer.Context, profile: ProfileOpt = None, debug: DebugOpt 
 
 
 def _show_config(ctx: typer.Context, profile: str | None) -> int:
-    file = _CONFIG["file"]
+    file = config_file(ctx)
     group = ctx.find_root().command
     typer.echo(
         f"config file: {file.path or default_config_path()[0]}"
@@ -996,8 +1026,8 @@ def demo(
     files: Annotated[
         int, typer.Option("--files", min=1, help="Files in the sample workspace.")
     ] = 150,
-    concurrency: ConcurrencyOpt = 16,
-    progress: ProgressOpt = "auto",
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
+    progress: ProgressOpt = DEFAULT_PROGRESS,
     debug: DebugOpt = False,
 ) -> None:
     """Start the bundled emulator with sample data and download it all, live panel and all."""

@@ -28,6 +28,13 @@ DEFAULT_STALL_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_BACKOFF_INITIAL = 1.0
 DEFAULT_MAX_RETRY_WAIT = 300.0
+DEFAULT_DEST = Path(".")
+READ_MODES = ("auto", "token", "bearer")
+DEFAULT_READ_MODE = READ_MODES[0]
+DEFAULT_SEGMENTS = 4
+DEFAULT_SEGMENT_THRESHOLD = 64 * 1024 * 1024
+FSYNC_MODES = ("batch", "each")
+DEFAULT_FSYNC = FSYNC_MODES[0]
 TOKEN_ENV_VARS = ("FASTIO_DL_TOKEN", "FASTIO_TOKEN", "FASTIO_API_KEY")
 API_BASE_ENVS = ("FASTIO_DL_API_BASE", "FASTIO_API_BASE")
 
@@ -40,7 +47,7 @@ class Settings:
     token: str | None = None  # kept as a Secret (never shown in a repr), whatever is passed
     workspace: str | None = None
     share: str | None = None
-    dest: Path = Path(".")
+    dest: Path = DEFAULT_DEST
     concurrency: int = DEFAULT_CONCURRENCY
     retries: int = DEFAULT_RETRIES
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
@@ -52,15 +59,15 @@ class Settings:
     ca_bundle: Path | None = None
     # auto: read with the API token, minting a read token only if that is refused (401);
     # token: mint a read token per file; bearer: the API token only
-    read_mode: str = "auto"
+    read_mode: str = DEFAULT_READ_MODE
     shard: tuple[int, int] | None = None  # (K, N): this host takes the files with hash % N == K
     limit_rate: int = 0  # total bytes per second over all transfers (0: no limit)
     log_file: Path | None = None
-    segments: int = 4  # ranged requests per large file (1: one stream)
-    segment_threshold: int = 64 * 1024 * 1024
+    segments: int = DEFAULT_SEGMENTS  # ranged requests per large file (1: one stream)
+    segment_threshold: int = DEFAULT_SEGMENT_THRESHOLD
     # batch: small files made durable in groups (one syncfs per group) before they are
     # recorded or reported; each: an fsync per file before it gets its name
-    fsync: str = "batch"
+    fsync: str = DEFAULT_FSYNC
     notes: bool = False  # save notes as NAME.md (readnote) instead of skipping them
     #: a File Share's link password (FASTIO_FILESHARE_PASSWORD or --password-file)
     fileshare_password: Secret | None = field(default=None, repr=False)
@@ -297,7 +304,7 @@ def load_config_file(path: Path, *, required: bool, commands: dict[str, set[str]
         if name not in known:
             raise UsageError(
                 f"config file {path}: unknown option {key!r}",
-                "keys are long option names, e.g. concurrency = 16",
+                f"keys are long option names, e.g. concurrency = {DEFAULT_CONCURRENCY}",
             )
         common[name] = value
     return ConfigFile(path, common, tables)

@@ -588,7 +588,6 @@ class PartFile:
 FLUSH_FILES = 2048  # files per group sync, at most (a group also ends after FLUSH_SECONDS)
 FLUSH_SECONDS = 0.25
 FLUSH_BACKLOG = 4 * FLUSH_FILES  # files waiting for a sync before writers are held back
-FSYNC_MODES = ("batch", "each")
 
 
 def _load_syncfs() -> Any:

@@ -13,6 +13,7 @@ from fastio_dl.reporting.plain import PlainReporter
 
 ProgressMode = Literal["auto", "rich", "plain", "json", "none"]
 PROGRESS_MODES: tuple[str, ...] = ("auto", "rich", "plain", "json", "none")
+DEFAULT_PROGRESS = PROGRESS_MODES[0]
 
 
 class NullReporter:
