@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastio_dl.client import FastioClient, Probe, parse_listing, payload_of, probe, shape_of
+from fastio_dl.client import FastioClient
+from fastio_dl.client.answers import parse_listing, payload_of, shape_of
+from fastio_dl.client.probes import Probe, probe
 from fastio_dl.config import Settings
 from fastio_dl.refs import Ref
 

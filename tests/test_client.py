@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fastio_dl.client import FastioClient, map_http_error, parse_listing, wait_hint
+from fastio_dl.client import FastioClient
+from fastio_dl.client.answers import parse_listing
+from fastio_dl.client.retries import map_http_error, wait_hint
 from fastio_dl.config import Secret, Settings
 from fastio_dl.errors import AccessError, ApiError, AuthError, PaymentRequiredError
 

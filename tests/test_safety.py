@@ -418,7 +418,7 @@ def test_aiohttp_defaults_trust_nothing_and_later_contexts_load_the_store() -> N
 
 
 def test_ca_certificates_load_at_the_first_handshake_not_before(tmp_path: Path) -> None:
-    from fastio_dl.client import CaOnFirstUseContext
+    from fastio_dl.client.tls import CaOnFirstUseContext
 
     system = ssl.create_default_context().cert_store_stats()["x509_ca"]
     lazy = CaOnFirstUseContext(ssl.PROTOCOL_TLS_CLIENT)
