@@ -9,8 +9,8 @@ system refuses ``O_DIRECT`` (at open or at the first write), everything goes thr
 ordinary descriptor, as before.
 
 :class:`StreamWriter` carries one in-order stream (and its hash); :class:`PieceBuffer` holds one
-piece of a segmented download. Buffers come from a small pool: on some machines touching fresh
-memory costs more than the copy into it.
+piece of a segmented download. Buffers come from a run's :class:`BufferPool`: on some machines
+touching fresh memory costs more than the copy into it.
 """
 
 from __future__ import annotations
@@ -30,32 +30,61 @@ ALIGN = 4096  # the strictest usual O_DIRECT alignment (4Kn devices); 512-byte o
 CAPACITY = 5 * 1024 * 1024  # one write batch (4 MiB and a network chunk) fits in one buffer
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
-_POOL: dict[int, list[mmap.mmap]] = {}  # reused buffers: fresh memory costs more than a copy
-_POOL_LOCK = threading.Lock()
-_POOL_BYTES = 64 * 1024 * 1024  # kept between uses, at most, over all sizes
-_pooled = 0  # bytes kept now
+POOL_BYTES = 64 * 1024 * 1024  # kept between uses, at most, over all sizes
 _GRAIN = 1024 * 1024  # sizes are rounded up to this, so that buffers fit more pieces
 #: Private anonymous memory. mmap's default (MAP_SHARED) is shared memory, which the kernel
 #: never backs with huge pages.
 _MAP_FLAGS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
 
 
-def take_buffer(size: int = CAPACITY, *, huge: bool = False) -> mmap.mmap:
-    """A page-aligned buffer of at least ``size`` bytes (whole MiB), reused when possible;
-    ``huge``: in 2 MiB pages where the kernel gives them (see _advise_huge)."""
-    global _pooled
-    size = -(-size // _GRAIN) * _GRAIN
-    buffer = None
-    with _POOL_LOCK:
-        free = _POOL.get(size)
-        if free:
-            _pooled -= size
-            buffer = free.pop()
-    if buffer is None:
-        buffer = mmap.mmap(-1, size, flags=_MAP_FLAGS) if _MAP_FLAGS else mmap.mmap(-1, size)
-    if huge:
-        _advise_huge(buffer)
-    return buffer
+class BufferPool:
+    """Buffers kept between uses (fresh memory costs more than a copy into reused memory), at
+    most ``limit`` bytes over all sizes. A run owns one and closes it at its end: two runs in
+    one process share no buffers and no counts."""
+
+    def __init__(self, limit: int = POOL_BYTES) -> None:
+        self.limit = limit
+        self.kept = 0  # bytes kept now
+        self._free: dict[int, list[mmap.mmap]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, size: int = CAPACITY, *, huge: bool = False) -> mmap.mmap:
+        """A page-aligned buffer of at least ``size`` bytes (whole MiB), reused when possible;
+        ``huge``: in 2 MiB pages where the kernel gives them (see _advise_huge)."""
+        size = -(-size // _GRAIN) * _GRAIN
+        buffer = None
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                self.kept -= size
+                buffer = free.pop()
+        if buffer is None:
+            buffer = mmap.mmap(-1, size, flags=_MAP_FLAGS) if _MAP_FLAGS else mmap.mmap(-1, size)
+        if huge:
+            _advise_huge(buffer)
+        return buffer
+
+    def give_back(self, buffer: mmap.mmap) -> None:
+        with self._lock:
+            if self.kept + len(buffer) <= self.limit:
+                self._free.setdefault(len(buffer), []).append(buffer)
+                self.kept += len(buffer)
+                return
+        _unmap(buffer)
+
+    def close(self) -> None:
+        """Unmap the buffers kept; one given back later is unmapped at once."""
+        with self._lock:
+            kept = [buffer for free in self._free.values() for buffer in free]
+            self._free.clear()
+            self.kept = self.limit = 0
+        for buffer in kept:
+            _unmap(buffer)
+
+
+def _unmap(buffer: mmap.mmap) -> None:
+    with contextlib.suppress(BufferError):  # a view still alive: the collector frees it later
+        buffer.close()
 
 
 def _advise_huge(buffer: mmap.mmap) -> None:
@@ -72,17 +101,6 @@ def _advise_huge(buffer: mmap.mmap) -> None:
     if advice is not None and _MAP_FLAGS:
         with contextlib.suppress(OSError):  # a kernel built without THP refuses the advice
             buffer.madvise(advice)
-
-
-def give_back(buffer: mmap.mmap) -> None:
-    global _pooled
-    with _POOL_LOCK:
-        if _pooled + len(buffer) <= _POOL_BYTES:
-            _POOL.setdefault(len(buffer), []).append(buffer)
-            _pooled += len(buffer)
-            return
-    with contextlib.suppress(BufferError):  # a view still alive: the collector frees it later
-        buffer.close()
 
 
 async def settled(job: asyncio.Future[T]) -> T:
@@ -163,14 +181,15 @@ class DirectFile:
 class _Held:
     """A pooled buffer and a view of it, until release()."""
 
-    def __init__(self, size: int, *, huge: bool = False) -> None:
-        self._buffer: mmap.mmap | None = take_buffer(size, huge=huge)
+    def __init__(self, size: int, pool: BufferPool, *, huge: bool = False) -> None:
+        self._pool = pool
+        self._buffer: mmap.mmap | None = pool.take(size, huge=huge)
         self.view = memoryview(self._buffer)
 
     def release(self) -> None:
         if self._buffer is not None:
             self.view.release()
-            give_back(self._buffer)
+            self._pool.give_back(self._buffer)
             self._buffer = None
 
 
@@ -179,13 +198,13 @@ class PieceBuffer(_Held):
     that aligned file offsets are aligned addresses. ``got`` bytes arrived, ``written`` of them
     are on disk."""
 
-    def __init__(self, start: int, length: int, capacity: int = 0) -> None:
+    def __init__(self, start: int, length: int, capacity: int = 0, *, pool: BufferPool) -> None:
         self.start = start
         self.lead = start % ALIGN
         self.length = length
         # Pieces of one file ask for one capacity, so a buffer freed by any of them fits the
         # next (memory a piece does not fill is never touched).
-        super().__init__(max(self.lead + length, capacity))
+        super().__init__(max(self.lead + length, capacity), pool)
         self.got = 0
         self.written = 0
 
@@ -212,8 +231,8 @@ class PieceBuffer(_Held):
 class _Slot(_Held):
     """One buffer of the ring and the jobs still reading it."""
 
-    def __init__(self) -> None:
-        super().__init__(CAPACITY, huge=True)
+    def __init__(self, pool: BufferPool) -> None:
+        super().__init__(CAPACITY, pool, huge=True)
         self.pending: asyncio.Future[None] | None = None
 
     async def wait(self) -> None:
@@ -235,10 +254,10 @@ class StreamWriter:
 
     SLOTS = 2
 
-    def __init__(self, file: DirectFile, at: int, hasher: Any) -> None:
+    def __init__(self, file: DirectFile, at: int, hasher: Any, *, pool: BufferPool) -> None:
         self.file = file
         self.hasher = hasher
-        self._slots = [_Slot() for _ in range(self.SLOTS)]
+        self._slots = [_Slot(pool) for _ in range(self.SLOTS)]
         self._current = 0
         self.base = at - at % ALIGN
         self.head = self.fill = at % ALIGN

@@ -353,7 +353,9 @@ class _SegmentedRun:
                     return
                 index = todo.popleft()
                 start, end, _ = self.segments[index]
-                piece = self.pieces[index] = PieceBuffer(start, end - start + 1, self._capacity)
+                piece = self.pieces[index] = PieceBuffer(
+                    start, end - start + 1, self._capacity, pool=self.part.disk.pool
+                )
                 await self._fetch_piece(self.segments[index], piece, lane)
         finally:
             if lane.retiring:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fastio_dl.blockio import FADV_DONTNEED, DirectFile, PieceBuffer, StreamWriter, in_thread
+from fastio_dl.blockio import (
+    FADV_DONTNEED,
+    BufferPool,
+    DirectFile,
+    PieceBuffer,
+    StreamWriter,
+    in_thread,
+)
 from fastio_dl.errors import DiskSpaceError, IntegrityError, WriteError, human_bytes
 from fastio_dl.models import PART_SUFFIX, SIDECAR_SUFFIX
 
@@ -167,29 +175,50 @@ def _open_nofollow(path: str, flags: int) -> int:
 
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
-_unnamed_files = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
+#: Whether this kernel offers what unnamed files need (O_TMPFILE, /proc's descriptor links).
+#: Whether they work at a destination is learnt by each run's :class:`Disk`.
+UNNAMED_FILES = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
 
 
-def write_atomic(final: Path, data: bytes, *, sync: bool = True) -> None:
-    """Write verified bytes and only then give them the final name (one thread hop); with
-    ``sync``, fsync them first (without, a :class:`Flusher` makes them durable in a group).
+class Disk:
+    """How one run writes files: the buffers of its large files (a :class:`BufferPool`),
+    whether a small file is fsynced on its own (``sync``; else a :class:`Flusher` syncs them in
+    groups), and whether unnamed files work at its destination (``unnamed``, switched off for
+    the rest of the run by the first failure). The engine makes one per run and closes it."""
 
-    Where the system allows, the bytes go into an unnamed file (O_TMPFILE) that is then linked
-    in under the final name: one change to the directory instead of two (create ``NAME.part``,
-    rename it), and the directory's lock is what concurrent small-file writers queue on. A
-    final name that already exists is replaced the classic way, by a rename. Plain descriptor
-    calls throughout: on thousands of small files each system call counts.
-    """
-    global _unnamed_files
-    if _unnamed_files:
-        try:
-            if _write_unnamed(final, data, sync):
-                return
-        except OSError:
-            # Unnamed files, or linking one in through /proc, do not work here (no support in
-            # the file system, a sandboxed /proc): .part files from now on. A real disk
-            # error (full, read-only) comes again just below and is reported from there.
-            _unnamed_files = False
+    def __init__(self, *, sync: bool = True, unnamed: bool = UNNAMED_FILES) -> None:
+        self.sync = sync
+        self.unnamed = unnamed
+        self.pool = BufferPool()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def write_atomic(self, final: Path, data: bytes) -> None:
+        """Write verified bytes and only then give them the final name (one thread hop); with
+        ``sync``, fsync them first (without, a :class:`Flusher` makes them durable in a group).
+
+        Where the system allows, the bytes go into an unnamed file (O_TMPFILE) that is then
+        linked in under the final name: one change to the directory instead of two (create
+        ``NAME.part``, rename it), and the directory's lock is what concurrent small-file
+        writers queue on. A final name that already exists is replaced the classic way, by a
+        rename. Plain descriptor calls throughout: on thousands of small files each system
+        call counts.
+        """
+        if self.unnamed:
+            try:
+                if _write_unnamed(final, data, self.sync):
+                    return
+            except OSError:
+                # Unnamed files, or linking one in through /proc, do not work here (no support
+                # in the file system, a sandboxed /proc): .part files from now on. A real disk
+                # error (full, read-only) comes again just below and is reported from there.
+                self.unnamed = False
+        _write_part(final, data, self.sync)
+
+
+def _write_part(final: Path, data: bytes, sync: bool) -> None:
+    """Write ``final`` through ``NAME.part`` and a rename."""
     part = part_path(final)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     try:
@@ -253,10 +282,10 @@ class MemoryPart:
     tracking it), so an interrupted small file simply starts again on the next run.
     """
 
-    def __init__(self, final: Path, meta: PartMeta, *, sync: bool = True) -> None:
+    def __init__(self, final: Path, meta: PartMeta, disk: Disk) -> None:
         self.final = final
         self.meta = meta
-        self.sync = sync  # False: a Flusher makes the file durable with others
+        self.disk = disk
         self.path = part_path(final)
         self.buffer = bytearray()
         self.is_open = False
@@ -297,7 +326,7 @@ class MemoryPart:
 
     def _verify_and_write(self) -> str | None:
         warning = _verify(self.offset, self.meta, self._cached_digest)
-        write_atomic(self.final, bytes(self.buffer), sync=self.sync)
+        self.disk.write_atomic(self.final, bytes(self.buffer))
         self.committed = True
         return warning
 
@@ -347,9 +376,10 @@ class PartFile:
     flight, so memory stays flat whatever the file size.
     """
 
-    def __init__(self, final: Path, meta: PartMeta) -> None:
+    def __init__(self, final: Path, meta: PartMeta, disk: Disk) -> None:
         self.final = final
         self.meta = meta
+        self.disk = disk  # its buffer pool serves this file's stream and pieces
         self.path = part_path(final)
         self.sidecar = sidecar_path(final)
         self.offset = 0  # bytes handed to write(), in order
@@ -399,7 +429,7 @@ class PartFile:
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
         self._file = DirectFile(self._fd, str(self.path))
-        self._writer = StreamWriter(self._file, offset, self._hasher)
+        self._writer = StreamWriter(self._file, offset, self._hasher, pool=self.disk.pool)
         self.offset = offset
 
     async def write(self, chunks: list[bytes]) -> None:
@@ -590,7 +620,8 @@ FLUSH_SECONDS = 0.25
 FLUSH_BACKLOG = 4 * FLUSH_FILES  # files waiting for a sync before writers are held back
 
 
-def _load_syncfs() -> Any:
+@functools.cache  # what the C library offers: looked up once, the same answer for every run
+def _libc_syncfs() -> Any:
     """libc's syncfs(2) (Linux): one call writes a whole file system's dirty data to disk."""
     if not sys.platform.startswith("linux"):
         return None
@@ -603,17 +634,6 @@ def _load_syncfs() -> Any:
     function.argtypes = [ctypes.c_int]
     function.restype = ctypes.c_int
     return function
-
-
-_syncfs: Any = None
-_syncfs_loaded = False
-
-
-def _libc_syncfs() -> Any:
-    global _syncfs, _syncfs_loaded
-    if not _syncfs_loaded:
-        _syncfs, _syncfs_loaded = _load_syncfs(), True
-    return _syncfs
 
 
 def syncfs(fd: int) -> None:

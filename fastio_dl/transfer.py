@@ -63,6 +63,7 @@ from fastio_dl.segments import (
     is_segmentable,
 )
 from fastio_dl.storage import (
+    Disk,
     DiskSpace,
     Flusher,
     MemoryPart,
@@ -123,9 +124,10 @@ class Engine:
         self._started = time.monotonic()
         self.dest = settings.dest
         self.guard = PathGuard(settings.dest)
-        self.disk = DiskSpace(settings.dest)
-        self.fsync_each = settings.fsync == "each" or not has_syncfs()
-        self.flusher = Flusher(settings.dest, each=self.fsync_each, take=self.policy.durable)
+        self.space = DiskSpace(settings.dest)
+        fsync_each = settings.fsync == "each" or not has_syncfs()
+        self.disk = Disk(sync=fsync_each)  # this run's buffers and write switches
+        self.flusher = Flusher(settings.dest, each=fsync_each, take=self.policy.durable)
 
     # ------------------------------------------------------------------ control
     def interrupt(self, reason: str = "interrupted") -> None:
@@ -167,6 +169,7 @@ class Engine:
         # Files already written (also in a run that stopped early) are made durable, recorded
         # and reported.
         await self.flusher.close()
+        self.disk.close()
         self.outcome.planned_paths = planner.claimed
         self._account_left(plan_q, ready_q)
         if failure is not None or self.outcome.interrupted:
@@ -357,7 +360,7 @@ class Engine:
             with contextlib.suppress(OSError):
                 have = part_path(final).stat().st_size
         need = max(0, item.remote.size - have)
-        self.disk.check(need + self._reserved)
+        self.space.check(need + self._reserved)
         self._reserved += need
         self._reservations[item.key] = need
 
@@ -454,9 +457,9 @@ class Engine:
             return await self._save_note(item, final, meta)
         # Small files are verified in memory and written in one step; large ones stream to disk.
         part: Part = (
-            MemoryPart(final, meta, sync=self.fsync_each)
+            MemoryPart(final, meta, self.disk)
             if remote.size <= SMALL_FILE
-            else PartFile(final, meta)
+            else PartFile(final, meta, self.disk)
         )
         self._parts[item.key] = part  # a cancel must learn whether its final name is in place
         self.guard.check(final)
@@ -480,7 +483,7 @@ class Engine:
     async def _save_note(self, item: PlanItem, final: Path, meta: PartMeta) -> int:
         """A note's text, already read: checked and renamed into place like any small file."""
         assert item.content is not None
-        part = MemoryPart(final, meta, sync=self.fsync_each)
+        part = MemoryPart(final, meta, self.disk)
         self.guard.check(final)
         await part.open(0)
         await part.write([item.content])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fastio_dl import blockio
-from fastio_dl.blockio import ALIGN, DirectFile, PieceBuffer, StreamWriter
+from fastio_dl.blockio import ALIGN, BufferPool, DirectFile, PieceBuffer, StreamWriter
 
 
 def chunks_of(data: bytes, seed: int) -> list[bytes]:
@@ -54,7 +54,7 @@ async def stream_into(path: Path, start: int, chunks: list[bytes], direct: bool)
     if not direct:
         file.close_direct()
     hasher = hashlib.sha256()
-    writer = StreamWriter(file, start, hasher)
+    writer = StreamWriter(file, start, hasher, pool=BufferPool())
     try:
         batch: list[bytes] = []
         for chunk in chunks:
@@ -123,7 +123,7 @@ def test_a_refused_direct_write_falls_back_to_the_ordinary_descriptor(
     data = random.Random(2).randbytes(6_000_000)
 
     async def go() -> None:
-        writer = StreamWriter(file, 0, None)
+        writer = StreamWriter(file, 0, None, pool=BufferPool())
         await writer.write(chunks_of(data, 2))
         await writer.finish()
         writer.close()
@@ -155,7 +155,7 @@ def test_after_a_failed_write_no_later_write_runs(
         await writer.finish()
 
     async def go() -> None:
-        writer = StreamWriter(file, 0, None)
+        writer = StreamWriter(file, 0, None, pool=BufferPool())
         try:
             with pytest.raises(OSError, match="No space"):
                 await feed(writer)
@@ -177,7 +177,7 @@ def test_piece_buffer_writes_blocks_then_the_tail(tmp_path: Path, start: int) ->
     fd = os.open(path, os.O_WRONLY)
     file = DirectFile(fd, str(path))
     data = random.Random(start).randbytes(3_000_003)
-    piece = PieceBuffer(start, len(data))
+    piece = PieceBuffer(start, len(data), pool=BufferPool())
     try:
         for chunk in chunks_of(data, 3):
             piece.put(chunk)
@@ -194,18 +194,24 @@ def test_piece_buffer_writes_blocks_then_the_tail(tmp_path: Path, start: int) ->
 
 
 def test_the_buffer_pool_keeps_a_bounded_amount() -> None:
-    taken = [blockio.take_buffer(size) for size in range(1, 40 * 1024 * 1024, 3 * 1024 * 1024 + 7)]
+    pool = BufferPool()
+    taken = [pool.take(size) for size in range(1, 40 * 1024 * 1024, 3 * 1024 * 1024 + 7)]
     assert all(len(b) % (1024 * 1024) == 0 and len(b) >= 1 for b in taken)
     for buffer in taken:
-        blockio.give_back(buffer)
-    assert blockio._pooled <= blockio._POOL_BYTES
-    rounded = blockio.take_buffer(5 * 1024 * 1024 + 1)
+        pool.give_back(buffer)
+    assert 0 < pool.kept <= blockio.POOL_BYTES
+    rounded = pool.take(5 * 1024 * 1024 + 1)
     assert len(rounded) == 6 * 1024 * 1024  # whole MiB
-    blockio.give_back(rounded)
-    again = blockio.take_buffer(4 * 1024 * 1024 - 5)  # a pooled size comes back reused
+    pool.give_back(rounded)
+    again = pool.take(4 * 1024 * 1024 - 5)  # a pooled size comes back reused
     assert len(again) == 4 * 1024 * 1024  # 3 MiB + 7 bytes was taken first, as 4 MiB
     assert any(again is b for b in taken)
-    blockio.give_back(again)
+    assert not any(BufferPool().take(4 * 1024 * 1024) is b for b in taken)  # another run's
+    pool.give_back(again)
+    pool.close()
+    assert pool.kept == 0 and all(b.closed for b in taken if b is not again)
+    pool.give_back(rounded := pool.take(1))  # given back after the run: unmapped at once
+    assert rounded.closed and pool.kept == 0
 
 
 def _vm_flags(buffer: mmap.mmap | None) -> list[str]:
@@ -226,8 +232,9 @@ def _vm_flags(buffer: mmap.mmap | None) -> list[str]:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/smaps and THP are Linux's")
 def test_the_stream_ring_asks_for_huge_pages_and_pieces_do_not() -> None:
-    slot = blockio._Slot()  # one of StreamWriter's ring buffers
-    piece = PieceBuffer(0, 3 * 1024 * 1024)
+    pool = BufferPool()
+    slot = blockio._Slot(pool)  # one of StreamWriter's ring buffers
+    piece = PieceBuffer(0, 3 * 1024 * 1024, pool=pool)
     try:
         slot_flags, piece_flags = _vm_flags(slot._buffer), _vm_flags(piece._buffer)
         # private memory: shared memory never gets transparent huge pages
@@ -260,7 +267,7 @@ def test_a_write_cancelled_mid_way_leaves_exactly_the_bytes_taken(
     hasher = hashlib.sha256()
 
     async def go() -> int:
-        writer = StreamWriter(file, 0, hasher)
+        writer = StreamWriter(file, 0, hasher, pool=BufferPool())
 
         async def feed() -> None:
             for i in range(0, len(data), 1_000_003):

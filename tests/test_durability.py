@@ -144,5 +144,5 @@ def test_fsync_each_syncs_every_file_before_its_name_and_no_group(
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(dest), "--fsync", "each")
     assert result.exit_code == 0, result.stderr
     assert tree_digests(dest) == served.expected()
-    if storage._unnamed_files:  # small files are linked in from unnamed files
+    if storage.UNNAMED_FILES:  # small files are linked in from unnamed files
         assert len(named) == 12 and all(synced_before_named)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fastio_dl import segments
-from fastio_dl.blockio import PieceBuffer
+from fastio_dl.blockio import BufferPool, PieceBuffer
 from fastio_dl.emulator import Fault, SeededBlob
 from fastio_dl.emulator.server import BODY_CHUNK
 from fastio_dl.segments import split_segments
@@ -401,7 +401,7 @@ async def test_a_connection_hands_over_only_for_time_that_no_bytes_move(
     flow = segments._Flow()
     flow.began = time.monotonic() - 0.2 - segments.BURST
     flow.got = int(rate * 0.2)
-    piece = PieceBuffer(0, 4_000_000)
+    piece = PieceBuffer(0, 4_000_000, pool=BufferPool())
     try:
         piece.got = piece.length - left
         lane = segments._Lane()

@@ -91,27 +91,27 @@ def _tree(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("unnamed", [True, False])
 def test_write_atomic_names_only_whole_files_and_never_follows_links(
-    tmp_path: Path, monkeypatch, unnamed: bool
+    tmp_path: Path, unnamed: bool
 ) -> None:
     from fastio_dl import storage
 
-    if unnamed and not storage._unnamed_files:
+    if unnamed and not storage.UNNAMED_FILES:
         pytest.fail("this Linux has O_TMPFILE and /proc: unnamed files should be in use")
-    monkeypatch.setattr(storage, "_unnamed_files", unnamed)
+    disk = storage.Disk(unnamed=unnamed)
     dest = tmp_path / "dest"
     dest.mkdir()
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"keep me")
-    storage.write_atomic(dest / "new.bin", b"fresh")  # a new name
-    storage.write_atomic(dest / "sub" / "deep.bin", b"deep")  # a directory still to make
+    disk.write_atomic(dest / "new.bin", b"fresh")  # a new name
+    disk.write_atomic(dest / "sub" / "deep.bin", b"deep")  # a directory still to make
     (dest / "old.bin").write_bytes(b"old bytes")
-    storage.write_atomic(dest / "old.bin", b"replaced")  # an existing name
+    disk.write_atomic(dest / "old.bin", b"replaced")  # an existing name
     (dest / "link.bin").symlink_to(outside)
-    storage.write_atomic(dest / "link.bin", b"not through the link")
+    disk.write_atomic(dest / "link.bin", b"not through the link")
     (dest / "trap.bin").write_bytes(b"exists")
     (dest / "trap.bin.part").symlink_to(outside)
     try:  # a link planted at NAME.part: refused, or removed and replaced, never followed
-        storage.write_atomic(dest / "trap.bin", b"replaced again")
+        disk.write_atomic(dest / "trap.bin", b"replaced again")
     except storage.WriteError:
         assert not unnamed and (dest / "trap.bin").read_bytes() == b"exists"
     else:
@@ -153,10 +153,11 @@ def test_write_atomic_falls_back_where_unnamed_files_do_not_work(
             raise OSError(errno.ENOENT, "No such file or directory")  # a sandboxed /proc
         return real_link(source, target, *args, **kwargs)
 
-    monkeypatch.setattr(storage, "_unnamed_files", True)
+    disk = storage.Disk(unnamed=True)
     monkeypatch.setattr(storage.os, "open", no_tmpfile)
     monkeypatch.setattr(storage.os, "link", no_proc_link)
-    storage.write_atomic(tmp_path / "a.bin", b"data")
+    disk.write_atomic(tmp_path / "a.bin", b"data")
     assert (tmp_path / "a.bin").read_bytes() == b"data"
-    assert storage._unnamed_files is False  # decided once for the run
+    assert disk.unnamed is False  # decided once for the run
+    assert storage.Disk().unnamed is storage.UNNAMED_FILES  # the next run tries again
     assert _tree(tmp_path) == ["a.bin"]
