@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TextIO
 
 from fastio_dl.client import FastioClient
-from fastio_dl.errors import TransferError, UsageError
+from fastio_dl.errors import TransferError, UsageError, human_bytes
 from fastio_dl.names import safe_name
 from fastio_dl.planner import note_file_name, version_id_of
 from fastio_dl.refs import Ref
@@ -52,6 +53,12 @@ class Entry:
     def manifest_line(self) -> str:
         return f"{self.reference} {self.path.as_posix()}"
 
+    def table_row(self) -> tuple[str, ...]:
+        """The cells under :data:`LS_HEADER`."""
+        size = human_bytes(int(self.node.get("size") or 0)) if self.kind == "file" else "-"
+        modified = str(self.node.get("modified") or "")
+        return (self.kind, size, modified, self.node_id, self.path.as_posix())
+
 
 @dataclass(frozen=True)
 class VersionRow:
@@ -75,6 +82,29 @@ class VersionRow:
             "created": self.created,
             "current": self.current,
         }
+
+    def table_row(self) -> tuple[str, ...]:
+        """The cells under :data:`VERSIONS_HEADER`."""
+        return (
+            self.version,
+            human_bytes(self.size) if self.size is not None else "?",
+            self.created or "",
+            f"{self.hash_algo}:{self.hash}" if self.hash else "",
+            "(current)" if self.current else "",
+        )
+
+
+LS_HEADER = ("TYPE", "SIZE", "MODIFIED", "ID", "PATH")
+VERSIONS_HEADER = ("VERSION", "SIZE", "CREATED", "HASH", "")
+
+
+def table(header: Sequence[str], rows: list[tuple[str, ...]]) -> list[str]:
+    """The header and rows in columns as wide as their widest cell."""
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [tuple(header), *rows]
+    ]
 
 
 async def list_versions(client: FastioClient, ref: Ref) -> list[VersionRow]:
@@ -148,3 +178,34 @@ def _local_name(node: Mapping[str, Any], fallback: str, notes: bool) -> str:
     if notes and str(node.get("type", "")).lower() == "note":
         return safe_name(note_file_name(name))
     return name
+
+
+async def write_listing(
+    client: FastioClient,
+    ref: Ref,
+    out: TextIO,
+    *,
+    recursive: bool,
+    notes: bool,
+    manifest: bool,
+    json_lines: bool,
+) -> list[Entry]:
+    """``ls``: manifest lines or JSON lines written to ``out`` as the listing arrives; else the
+    entries, returned for a table (only the table keeps them, for its widths).
+
+    No flush (a system call) per line: a million entries cost no memory and little time.
+    """
+    kept: list[Entry] = []
+    try:
+        async for entry in list_entries(client, ref, recursive=recursive, notes=notes):
+            if manifest:
+                wanted = entry.kind == "file" or (notes and entry.kind == "note")
+                if wanted or (entry.kind == "folder" and not recursive):
+                    out.write(entry.manifest_line() + "\n")
+            elif json_lines:
+                out.write(json.dumps(entry.record(), ensure_ascii=False) + "\n")
+            else:
+                kept.append(entry)
+    finally:
+        out.flush()
+    return kept

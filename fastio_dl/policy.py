@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fastio_dl.durability import fsync_path
 from fastio_dl.events import Kind
+from fastio_dl.hashing import matches_local
 from fastio_dl.models import PlanItem
 from fastio_dl.state import Record, State, local_matches_record
-from fastio_dl.storage import EmptyAtStart, fsync_path, matches_local
+from fastio_dl.storage import EmptyAtStart
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Process-level tuning: the allocator, the garbage collector, the event loop and the exit.
+"""The process: its one event loop, the signals that stop a run, and the exit.
 
-Each tweak here is a measured gain for a short-lived process that moves many bytes
-(figures from tests.benchmarks quoted at each one); none changes what a run does.
+The tuning here (the allocator, the garbage collector, the event loop, the exit) is each a
+measured gain for a short-lived process that moves many bytes (figures from tests.benchmarks
+quoted at each one); none changes what a run does.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastio_dl.config import uvloop_wanted
+from fastio_dl.models import Outcome
+from fastio_dl.runner import Stopper
 
 T = TypeVar("T")
 
@@ -79,3 +83,52 @@ def leave_now(code: object) -> None:
     except (OSError, ValueError):
         return
     os._exit(code or 0)
+
+
+class Interrupts:
+    """What stops a CLI run cleanly: SIGINT or SIGTERM (a second one leaves at once), or
+    standard output or error losing its reader (``| head``), as SIGPIPE would."""
+
+    def __init__(self) -> None:
+        self.stopper = Stopper()
+        self.received: list[int] = []
+        self.running = False
+
+    def output_closed(self) -> None:
+        if self.running and not self.received:
+            self.received.append(signal.SIGPIPE)
+            self.stopper.stop("output closed")
+
+    def signalled(self, signum: int) -> None:
+        if self.received:
+            os._exit(128 + signum)  # second signal: leave at once
+        self.received.append(signum)
+        self.stopper.stop("interrupted")
+
+    def run(self, job: Callable[[Stopper], Awaitable[T]]) -> T:
+        """Run ``job`` in the process's one event loop with the signals wired to the stopper."""
+
+        async def go() -> T:
+            loop = asyncio.get_running_loop()
+            installed = []
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(signum, self.signalled, signum)
+                    installed.append(signum)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # not the main thread (tests) or not supported
+            self.running = True
+            try:
+                return await job(self.stopper)
+            finally:
+                self.running = False
+                for signum in installed:
+                    loop.remove_signal_handler(signum)
+
+        return run_async(go)
+
+    def mark(self, outcome: Outcome) -> Outcome:
+        if self.received:
+            outcome.interrupted = True
+            outcome.signal = self.received[0]
+        return outcome

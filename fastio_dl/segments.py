@@ -46,8 +46,9 @@ from fastio_dl.errors import (
 )
 from fastio_dl.events import FileProgress, FileRetry, FileStarted, Notice
 from fastio_dl.fetch import Fetcher, FetchState
+from fastio_dl.hashing import new_hasher
 from fastio_dl.models import PlanItem
-from fastio_dl.storage import PartFile, new_hasher
+from fastio_dl.storage import PartFile
 
 MIN_PIECE = 4 * 1024 * 1024
 PIECES_PER_CONNECTION = 8

@@ -9,7 +9,7 @@ and writes them in batches (one transaction each), and the paths a run claims li
 on-disk SQLite database (:class:`Claims`), so memory stays flat whatever the number of files.
 
 Durability: records are written only in batches handed over by the engine after the files they
-describe were flushed to disk (see ``storage.Flusher``), so a record never claims a file that a
+describe were flushed to disk (see ``durability.Flusher``), so a record never claims a file that a
 crash could still lose. A record lost in a crash costs nothing but a hash: the next run finds an
 untracked file, hashes it, and adopts it when it is identical.
 """

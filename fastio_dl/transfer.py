@@ -33,6 +33,7 @@ from pathlib import Path
 
 from fastio_dl.client import FastioClient
 from fastio_dl.config import Settings
+from fastio_dl.durability import Flusher, has_syncfs
 from fastio_dl.errors import AuthError, FastioDlError, TransferError, WriteError, describe
 from fastio_dl.events import (
     FileFinished,
@@ -65,11 +66,9 @@ from fastio_dl.segments import (
 from fastio_dl.storage import (
     Disk,
     DiskSpace,
-    Flusher,
     MemoryPart,
     PartFile,
     PartMeta,
-    has_syncfs,
     part_path,
     sidecar_path,
 )

@@ -8,8 +8,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastio_dl.client import FastioClient
+from fastio_dl.errors import UsageError
+from fastio_dl.hashing import KNOWN_ALGOS, hash_file
 from fastio_dl.models import (
     PART_SUFFIX,
     SIDECAR_SUFFIX,
@@ -21,7 +24,7 @@ from fastio_dl.models import (
 )
 from fastio_dl.planner import Planner
 from fastio_dl.state import State
-from fastio_dl.storage import KNOWN_ALGOS, hash_file
+from fastio_dl.syncing import state_path
 
 HASH_THREADS = 4
 
@@ -46,6 +49,26 @@ class VerifyReport:
     def clean(self) -> bool:
         return not (self.missing or self.changed or self.extra or self.unresolved)
 
+    def rows(self) -> list[tuple[str, str, str | None]]:
+        """(status, path or reference, detail) of each file not as expected, then each
+        reference that did not resolve."""
+        rows: list[tuple[str, str, str | None]] = [("missing", p, None) for p in self.missing]
+        rows += [("changed", p, d) for p, d in self.changed]
+        rows += [("extra", p, None) for p in self.extra]
+        rows += [("unresolved", u, None) for u in self.unresolved]
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "event": "summary",
+            "ok": len(self.ok),
+            "missing": len(self.missing),
+            "changed": len(self.changed),
+            "extra": len(self.extra),
+            "unverified_hash": len(self.unverifiable),
+            "unresolved": len(self.unresolved),
+        }
+
 
 async def expected_from_targets(
     client: FastioClient, targets: list[Target]
@@ -68,13 +91,20 @@ async def expected_from_targets(
     return expected, unresolved
 
 
-def expected_from_state(state: State) -> dict[str, Expected]:
-    out = {}
-    for path in state.paths():
-        record = state.get(path)
-        if record is not None:
-            out[path] = Expected(record.size, record.hash, record.hash_algo)
-    return out
+def expected_from_state(dest: Path) -> dict[str, Expected]:
+    """What the sync state of ``dest`` records for each file."""
+    if not state_path(dest).is_file():
+        raise UsageError(f"{dest} has no sync state", "give a MANIFEST to check against the remote")
+    state = State(state_path(dest))
+    try:
+        out = {}
+        for path in state.paths():
+            record = state.get(path)
+            if record is not None:
+                out[path] = Expected(record.size, record.hash, record.hash_algo)
+        return out
+    finally:
+        state.close()
 
 
 def _local_files(dest: Path) -> Iterable[str]:

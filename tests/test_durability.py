@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fastio_dl import durability, storage
 from fastio_dl import state as state_module
-from fastio_dl import storage
 from fastio_dl.emulator import DatasetSpec
 from fastio_dl.state import State
 from tests.conftest import Served, tree_digests
@@ -32,7 +32,7 @@ def watched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     state commit against it."""
     dest = tmp_path / "dest"
     seen: dict[str, object] = {"syncs": 0, "synced": set(), "committed": [], "late": []}
-    real_syncfs, real_put_many = storage.syncfs, State.put_many
+    real_syncfs, real_put_many = durability.syncfs, State.put_many
 
     def syncfs(fd: int) -> None:
         # What is on disk when the sync starts is what the sync covers.
@@ -49,7 +49,7 @@ def watched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
                 seen["late"].append(record.path)  # type: ignore[attr-defined]
         real_put_many(self, records)
 
-    monkeypatch.setattr(storage, "syncfs", syncfs)
+    monkeypatch.setattr(durability, "syncfs", syncfs)
     monkeypatch.setattr(state_module.State, "put_many", put_many)
     return dest, seen
 
@@ -57,7 +57,7 @@ def watched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 def test_records_are_committed_only_after_a_group_sync_covers_their_files(
     make_served, tmp_path: Path, watched
 ) -> None:
-    if not storage.has_syncfs():
+    if not durability.has_syncfs():
         pytest.skip("syncfs(2) is Linux-only; elsewhere every file is fsynced on its own")
     dest, seen = watched
     served: Served = make_served(DatasetSpec(files=120, depth=1, fanout=3, max_size=3000))
@@ -85,13 +85,13 @@ def test_records_are_committed_only_after_a_group_sync_covers_their_files(
 def test_a_failed_group_sync_records_nothing_and_fails_its_files(
     make_served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not storage.has_syncfs():
+    if not durability.has_syncfs():
         pytest.skip("syncfs(2) is Linux-only; elsewhere every file is fsynced on its own")
 
     def broken(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(storage, "syncfs", broken)
+    monkeypatch.setattr(durability, "syncfs", broken)
     served: Served = make_served(DatasetSpec(files=10, depth=0, max_size=2000))
     manifest = tmp_path / "m.txt"
     manifest.write_text(f"ws:{served.ws}/root\n", encoding="utf-8")
@@ -138,7 +138,7 @@ def test_fsync_each_syncs_every_file_before_its_name_and_no_group(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "link", link)
-    monkeypatch.setattr(storage, "syncfs", syncfs)
+    monkeypatch.setattr(durability, "syncfs", syncfs)
     served: Served = make_served(DatasetSpec(files=12, depth=0, max_size=2000))
     dest = tmp_path / "dest"
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(dest), "--fsync", "each")

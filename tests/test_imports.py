@@ -20,6 +20,9 @@ ENGINE = (
     "planner",
     "policy",
     "storage",
+    "durability",
+    "hashing",
+    "blockio",
     "client",
     "client.tls",
     "client.retries",
@@ -31,6 +34,11 @@ ENGINE = (
     "client.probes",
     "syncing",
     "runner",
+    "process",
+    # what ls, verify and doctor do, apart from their options and output
+    "listing",
+    "verify",
+    "doctor",
 )
 
 
@@ -56,6 +64,10 @@ def test_data_modules_import_neither_network_nor_terminal(module: str) -> None:
 @pytest.mark.parametrize("module", ENGINE)
 def test_the_engine_imports_no_terminal_library(module: str) -> None:
     assert imported_after(module) <= {"aiohttp"}
+
+
+def test_the_options_load_typer_but_neither_the_network_nor_the_terminal() -> None:
+    assert imported_after("options") == {"typer"}
 
 
 def test_the_check_sees_what_a_module_imports() -> None:

@@ -5,11 +5,17 @@ Only this package imports rich. Human text goes to stderr; ``--json`` results go
 
 from __future__ import annotations
 
-from typing import Literal, TextIO
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, TextIO, cast
 
+from fastio_dl.errors import UsageError
 from fastio_dl.events import Event, Fanout, Reporter
 from fastio_dl.reporting.jsonl import JsonProgress, JsonResults
 from fastio_dl.reporting.plain import PlainReporter
+
+if TYPE_CHECKING:
+    from fastio_dl.config import Settings
 
 ProgressMode = Literal["auto", "rich", "plain", "json", "none"]
 PROGRESS_MODES: tuple[str, ...] = ("auto", "rich", "plain", "json", "none")
@@ -56,4 +62,45 @@ def make_reporter(
     return reporters[0] if len(reporters) == 1 else Fanout(*reporters)
 
 
-__all__ = ["PROGRESS_MODES", "NullReporter", "ProgressMode", "make_reporter"]
+def make_console_reporter(
+    mode: str,
+    *,
+    json_results: bool,
+    quiet: bool,
+    settings: Settings,
+    output_closed: Callable[[], None],
+) -> Reporter:
+    """A run's reporter on this process's standard streams (``output_closed`` is called when
+    one loses its reader), and on ``settings.log_file`` too when set."""
+    from fastio_dl.reporting.pipe import WatchedStream
+
+    secrets = frozenset({settings.token} if settings.token else set())
+    reporter = make_reporter(
+        mode,
+        stderr=cast(TextIO, WatchedStream(sys.stderr, output_closed)),
+        stdout=cast(TextIO, WatchedStream(sys.stdout, output_closed)),
+        json_results=json_results,
+        quiet=quiet,
+        debug=settings.debug,
+        secrets=secrets,
+    )
+    if settings.log_file is not None:
+        from fastio_dl.reporting.plain import LogFileReporter
+
+        try:
+            log = LogFileReporter(settings.log_file, secrets=secrets)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot open --log-file {settings.log_file}: {exc.strerror}"
+            ) from None
+        reporter = Fanout(reporter, log)
+    return reporter
+
+
+__all__ = [
+    "PROGRESS_MODES",
+    "NullReporter",
+    "ProgressMode",
+    "make_console_reporter",
+    "make_reporter",
+]
