@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastio_dl.client import FastioClient
-from fastio_dl.client.answers import parse_listing, payload_of, shape_of
-from fastio_dl.client.probes import Probe, probe
+from fastio_dl.client.probes import (
+    Probe,
+    details_node,
+    listing_layout,
+    listing_page,
+    probe,
+    token_user,
+)
 from fastio_dl.config import Settings
+from fastio_dl.models import Node
 from fastio_dl.refs import Ref
 
 RATE_HEADERS = (
@@ -83,31 +90,23 @@ class Doctor:
         token_source = self.settings.sources.get("token", "unset")
         login = self.client.login
         expiry = f"; {login.describe()}" if login is not None else ""
-        report = {
-            "http_status": answer.status,
-            "keys": sorted(_keys(answer.body)),
-            "shape": shape_of(answer.body),
-        }
+        report = {"http_status": answer.status, "keys": answer.keys(), "shape": answer.shape()}
         if self.settings.token is None:
             return self.add("token", False, "token: none (see README: Tokens and profiles)")
-        if answer.status != 200 or not isinstance(answer.body, Mapping):
-            why = _error_text(answer)
+        if answer.status != 200 or not answer.is_object():
+            why = answer.error_text()
             return self.add(
                 "token",
                 False,
                 f"token: from {token_source}{expiry}: refused, HTTP {answer.status} {why}",
                 **report,
             )
-        user = payload_of(answer.body).get("user")
+        user = token_user(answer)
         who = "an unrecognised answer"
-        if isinstance(user, Mapping):
-            email = user.get("email_address") or user.get("email")
-            who = f"user {user.get('id')}" + (f" ({email})" if email else "")
+        if user is not None:
+            who = f"user {user.id}" + (f" ({user.email})" if user.email else "")
         return self.add(
-            "token",
-            isinstance(user, Mapping),
-            f"token: from {token_source}{expiry}: {who}",
-            **report,
+            "token", user is not None, f"token: from {token_source}{expiry}: {who}", **report
         )
 
     # ------------------------------------------------------------------ a reference
@@ -117,32 +116,29 @@ class Doctor:
         else:
             url = f"{self.client_base}/{ref.context}/{ref.context_id}/storage/{ref.node}/details/"
         answer = await self._api(url)
-        node = _node_of(answer.body, ref)
-        report = {
-            "http_status": answer.status,
-            "keys": sorted(_keys(answer.body)),
-            "shape": shape_of(answer.body),
-        }
-        if answer.status != 200 or node is None:
+        found = details_node(answer, fileshare=ref.context == "fileshare")
+        report = {"http_status": answer.status, "keys": answer.keys(), "shape": answer.shape()}
+        if answer.status != 200 or found is None:
             self.add(
                 "details",
                 False,
-                f"details: HTTP {answer.status} {_error_text(answer)}".rstrip(),
+                f"details: HTTP {answer.status} {answer.error_text()}".rstrip(),
                 **report,
             )
             return
-        kind = str(node.get("type", "?")).lower()
+        node, node_keys = found
+        kind = node.kind
         self.add(
             "details",
             True,
-            f"details: HTTP {answer.status}, a {kind} named {node.get('name')!r}; node keys: "
-            + ", ".join(sorted(map(str, node))),
+            f"details: HTTP {answer.status}, a {kind} named {node.name!r}; node keys: "
+            + ", ".join(node_keys),
             **report,
-            node_keys=sorted(map(str, node)),
+            node_keys=node_keys,
         )
-        file_node: Mapping[str, Any] | None = node if kind == "file" else None
+        file_node = node if kind == "file" else None
         if ref.context != "fileshare":
-            folder = ref.node if kind == "folder" else str(node.get("parent") or "")
+            folder = ref.node if kind == "folder" else node.parent or ""
             if folder:
                 child = await self._listing(ref, folder)
                 file_node = file_node or child
@@ -166,25 +162,24 @@ class Doctor:
         password = self.settings.fileshare_password
         return {"x-ve-password": str(password)} if password and "/fileshare/" in url else {}
 
-    async def _listing(self, ref: Ref, folder: str) -> Mapping[str, Any] | None:
+    async def _listing(self, ref: Ref, folder: str) -> Node | None:
         url = f"{self.client_base}/{ref.context}/{ref.context_id}/storage/{folder}/list/"
         params = {"page_size": str(DOCTOR_PAGE_SIZE), "sort_by": "name", "sort_dir": "asc"}
         answer = await self._api(url, params)
-        body = answer.body
-        layout = listing_layout(body)
+        layout = listing_layout(answer)
         report = {
             "http_status": answer.status,
-            "keys": sorted(_keys(body)),
-            "shape": shape_of(body),
+            "keys": answer.keys(),
+            "shape": answer.shape(),
             "children_under": layout.children,
             "cursor_under": layout.cursor,
             "variant": layout.variant,
         }
-        if answer.status != 200 or not isinstance(body, Mapping):
-            self.add("listing", False, f"listing: HTTP {answer.status} {_error_text(answer)}")
+        if answer.status != 200 or not answer.is_object():
+            self.add("listing", False, f"listing: HTTP {answer.status} {answer.error_text()}")
             return None
         try:
-            page = parse_listing(payload_of(body), None, DOCTOR_PAGE_SIZE)
+            page = listing_page(answer, DOCTOR_PAGE_SIZE)
         except ValueError as exc:
             self.add(
                 "listing",
@@ -205,10 +200,10 @@ class Doctor:
             understood=True,
             **report,
         )
-        return next((n for n in page.items if str(n.get("type", "")).lower() == "file"), None)
+        return next((n for n in page.items if n.kind == "file"), None)
 
-    async def _read(self, ref: Ref, node: Mapping[str, Any]) -> None:
-        node_id = str(node.get("id", "")).replace("-", "").lower()
+    async def _read(self, ref: Ref, node: Node) -> None:
+        node_id = node.id
         if ref.context == "fileshare":
             url = f"{self.client_base}/fileshare/{ref.context_id}/storage/read/"
         else:
@@ -248,9 +243,9 @@ class Doctor:
             redirects=[{"status": s, "other_origin": o} for s, o in answer.redirects],
         )
 
-    def _hash(self, node: Mapping[str, Any]) -> None:
-        algo = str(node.get("hash_algo") or "").lower()
-        has_hash = bool(node.get("hash"))
+    def _hash(self, node: Node) -> None:
+        algo = node.hash_algo or ""
+        has_hash = node.hash is not None
         known = algo in hashlib.algorithms_available
         if not has_hash:
             line, ok = "hash: none given: files are checked by size only (with a warning)", False
@@ -280,64 +275,6 @@ class Doctor:
         )
 
 
-@dataclass(frozen=True)
-class ListingLayout:
-    children: str | None  # e.g. "nodes.items"
-    cursor: str | None  # e.g. "next_cursor, pagination.next_cursor"
-    variant: str  # the emulator's name for this list shape, or "unknown"
-
-
-def listing_layout(body: Any) -> ListingLayout:
-    """Where a listing answer keeps its children and its cursor, and which of the known list
-    shapes (the emulator's LIST_SHAPES) it is."""
-    if not isinstance(body, Mapping):
-        return ListingLayout(None, None, "unknown")
-    wrapped = isinstance(body.get("response"), Mapping)
-    payload: Mapping[str, Any] = body["response"] if wrapped else body
-    prefix = "response." if wrapped else ""
-    key = next((k for k in ("nodes", "items", "files") if k in payload), None)
-    children = None
-    nested = False
-    if key is not None:
-        value = payload[key]
-        inner = next(
-            (k for k in ("items", "nodes", "files") if isinstance(value, Mapping) and k in value),
-            None,
-        )
-        nested = inner is not None
-        children = f"{prefix}{key}.{inner}" if inner else f"{prefix}{key}"
-    pagination = payload.get("pagination")
-    paging = pagination if isinstance(pagination, Mapping) else {}
-    cursors = [k for k in ("next_cursor", "nextCursor") if k in payload]
-    cursors += [f"pagination.{k}" for k in ("next_cursor", "nextCursor") if k in paging]
-    elsewhere = [
-        k
-        for k in payload
-        if k not in ("nodes", "items", "files", "pagination", "next_cursor", "nextCursor")
-        and any(w in k.lower() for w in ("cursor", "continuation", "next"))
-    ]
-    cursor = ", ".join(prefix + c for c in cursors) or None
-    if key is None:
-        lists = any(isinstance(v, list) for v in payload.values())
-        variant = "unknown_key" if lists else "unknown"
-    elif wrapped:
-        variant = "wrapped"
-    elif nested:
-        variant = "choice"
-    elif key in ("items", "files"):
-        variant = key
-    elif isinstance(payload[key], Mapping):
-        variant = "id_keyed"
-    elif not cursors and elsewhere:
-        variant = "cursor_elsewhere"
-        cursor = ", ".join(f"{k} (a key fastio-dl does not read)" for k in elsewhere)
-    elif not cursors and "has_more" in paging:
-        variant = "has_more_no_cursor"
-    else:
-        variant = "array"
-    return ListingLayout(children, cursor, variant)
-
-
 _ID_LIKE = re.compile(r"[A-Za-z0-9-]{20,40}|\d{19}")
 
 
@@ -352,36 +289,3 @@ def scrubbed(report: Any) -> Any:
     if isinstance(report, list):
         return [scrubbed(item) for item in report]
     return report
-
-
-def _keys(body: Any) -> list[str]:
-    return [str(k) for k in body] if isinstance(body, Mapping) else []
-
-
-def _node_of(body: Any, ref: Ref) -> Mapping[str, Any] | None:
-    if not isinstance(body, Mapping):
-        return None
-    payload = payload_of(body)
-    if ref.context == "fileshare":
-        share = payload.get("fileshare")
-        file = share.get("file") if isinstance(share, Mapping) else None
-        return file if isinstance(file, Mapping) else None
-    node = payload.get("node")
-    if isinstance(node, Mapping):
-        return node
-    nodes = payload.get("nodes")
-    if isinstance(nodes, list) and nodes and isinstance(nodes[0], Mapping):
-        return nodes[0]
-    return None
-
-
-def _error_text(answer: Probe) -> str:
-    if answer.error:
-        return answer.error
-    body = answer.body
-    if isinstance(body, Mapping):
-        error = body.get("error")
-        if isinstance(error, Mapping):
-            return str(error.get("text") or error.get("message") or "")
-        return str(body.get("error_message") or error or "")
-    return ""

@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TextIO
 
 from fastio_dl.client import FastioClient
 from fastio_dl.errors import TransferError, UsageError, human_bytes
+from fastio_dl.models import Node
 from fastio_dl.names import safe_name
-from fastio_dl.planner import note_file_name, version_id_of
+from fastio_dl.planner import note_file_name
 from fastio_dl.refs import Ref
 
 
 @dataclass(frozen=True)
 class Entry:
     ref: Ref
-    node: Mapping[str, Any]
+    node: Node
     path: PurePosixPath  # relative to the listed folder, from sanitised names
 
     @property
     def kind(self) -> str:
-        return str(self.node.get("type", "file")).lower()
+        return self.node.kind
 
     @property
     def node_id(self) -> str:
-        return str(self.node.get("id", "")).replace("-", "").lower()
+        return self.node.id
 
     @property
     def reference(self) -> str:
@@ -40,14 +41,14 @@ class Entry:
         return {
             "ref": self.reference,
             "id": self.node_id,
-            "name": self.node.get("name"),
+            "name": self.node.name,
             "type": self.kind,
             "path": self.path.as_posix(),
-            "size": self.node.get("size"),
-            "hash": self.node.get("hash"),
-            "hash_algo": self.node.get("hash_algo"),
-            "version": self.node.get("version"),
-            "modified": self.node.get("modified"),
+            "size": self.node.size,
+            "hash": self.node.hash,
+            "hash_algo": self.node.hash_algo,
+            "version": self.node.version,
+            "modified": self.node.modified,
         }
 
     def manifest_line(self) -> str:
@@ -55,8 +56,8 @@ class Entry:
 
     def table_row(self) -> tuple[str, ...]:
         """The cells under :data:`LS_HEADER`."""
-        size = human_bytes(int(self.node.get("size") or 0)) if self.kind == "file" else "-"
-        modified = str(self.node.get("modified") or "")
+        size = human_bytes(self.node.size or 0) if self.kind == "file" else "-"
+        modified = self.node.modified or ""
         return (self.kind, size, modified, self.node_id, self.path.as_posix())
 
 
@@ -118,28 +119,22 @@ async def list_versions(client: FastioClient, ref: Ref) -> list[VersionRow]:
         if not nodes:
             raise TransferError(f"node {ref.node}: {errors.get(ref.node, 'not found')}")
         node = nodes[0]
-    kind = str(node.get("type", "file")).lower()
-    if kind != "file":
-        raise UsageError(f"{ref.text} is a {kind}: --versions lists the versions of a file")
-    node_id = str(node.get("id", ref.node)).replace("-", "").lower()
-    versions = await client.versions(ref.context, ref.context_id, node_id)
+    if node.kind != "file":
+        raise UsageError(f"{ref.text} is a {node.kind}: --versions lists the versions of a file")
+    versions = await client.versions(ref.context, ref.context_id, node.id or ref.node)
     base = ref.text.rpartition("@")[0] if ref.version else ref.text
-    rows = []
-    for entry in versions:
-        version = version_id_of(entry)
-        size = entry.get("size")
-        rows.append(
-            VersionRow(
-                ref=f"{base}@{version}",
-                version=version,
-                size=int(size) if isinstance(size, int | str) and str(size).isdigit() else None,
-                hash=str(entry["hash"]) if entry.get("hash") else None,
-                hash_algo=str(entry.get("hash_algo") or node.get("hash_algo") or "") or None,
-                created=str(entry.get("created") or "") or None,
-                current=version == str(node.get("version")),
-            )
+    return [
+        VersionRow(
+            ref=f"{base}@{version.id}",
+            version=version.id,
+            size=version.size,
+            hash=version.hash,
+            hash_algo=version.hash_algo or node.hash_algo,
+            created=version.created,
+            current=version.id == node.version,
         )
-    return rows
+        for version in versions
+    ]
 
 
 async def list_entries(
@@ -151,7 +146,7 @@ async def list_entries(
     """
     if ref.context == "fileshare":
         node = await client.fileshare_file(ref.context_id)
-        yield Entry(ref, node, PurePosixPath(safe_name(str(node.get("name") or ref.context_id))))
+        yield Entry(ref, node, PurePosixPath(safe_name(node.name or ref.context_id)))
         return
     folder = ref.node
     if ref.node not in ("root", "trash"):
@@ -159,7 +154,7 @@ async def list_entries(
         if not nodes:
             raise TransferError(f"node {ref.node}: {errors.get(ref.node, 'not found')}")
         node = nodes[0]
-        if str(node.get("type", "file")).lower() != "folder":
+        if node.kind != "folder":
             yield Entry(ref, node, PurePosixPath(_local_name(node, ref.node, notes)))
             return
     pending = [(folder, PurePosixPath())]
@@ -173,9 +168,9 @@ async def list_entries(
                     pending.append((entry.node_id, entry.path))
 
 
-def _local_name(node: Mapping[str, Any], fallback: str, notes: bool) -> str:
-    name = safe_name(str(node.get("name") or node.get("id") or fallback))
-    if notes and str(node.get("type", "")).lower() == "note":
+def _local_name(node: Node, fallback: str, notes: bool) -> str:
+    name = safe_name(node.name or node.id or fallback)
+    if notes and node.kind == "note":
         return safe_name(note_file_name(name))
     return name
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,15 @@ from typing import Any
 from fastio_dl.client import BULK_DETAILS_MAX, FastioClient
 from fastio_dl.errors import AuthError, FastioDlError, describe
 from fastio_dl.events import Kind
-from fastio_dl.models import PlanEntry, PlanFailure, PlanItem, PlanSkip, RemoteFile, Target
+from fastio_dl.models import (
+    Node,
+    PlanEntry,
+    PlanFailure,
+    PlanItem,
+    PlanSkip,
+    RemoteFile,
+    Target,
+)
 from fastio_dl.names import safe_name, safe_relpath
 from fastio_dl.state import Claims
 
@@ -25,45 +33,23 @@ HEAD_START = 32  # the run's first files are handed on one by one as they are pl
 DETAILS_CONCURRENCY = 4
 
 
-def _norm(node_id: str) -> str:
-    return node_id.replace("-", "").lower()
-
-
-def remote_file(context: str, context_id: str, node: Mapping[str, Any]) -> RemoteFile:
-    size = node.get("size")
-    try:
-        size_int = int(size) if size is not None else -1
-    except (TypeError, ValueError):
-        size_int = -1
-    version = node.get("version")
+def remote_file(context: str, context_id: str, node: Node) -> RemoteFile:
+    """What the transfer needs of a node (a size of -1: the API gave none)."""
     return RemoteFile(
-        context=context,
-        context_id=context_id,
-        node_id=_norm(str(node.get("id", ""))),
-        name=str(node.get("name") or node.get("id") or "unnamed"),
-        size=size_int,
-        hash=str(node["hash"]).lower() if node.get("hash") else None,
-        hash_algo=str(node["hash_algo"]).lower() if node.get("hash_algo") else None,
-        version=None if version is None else str(version),
+        context,
+        context_id,
+        node.id,
+        node.name or node.id or "unnamed",
+        -1 if node.size is None else node.size,
+        node.hash,
+        node.hash_algo,
+        node.version,
     )
 
 
 def note_file_name(name: str) -> str:
     """A note is saved as ``NAME.md`` (a name already ending in ``.md`` stays as it is)."""
     return name if name.lower().endswith(".md") else f"{name}.md"
-
-
-def version_id_of(version: Mapping[str, Any]) -> str:
-    """A version entry's id (``id``; ``version_id`` or ``version`` in other builds)."""
-    for key in ("id", "version_id", "version"):
-        value = version.get(key)
-        if value:
-            return str(value)
-    return ""
-
-
-def _is_complete(node: Mapping[str, Any]) -> bool:
-    return node.get("size") is not None and bool(node.get("hash")) and "version" in node
 
 
 @dataclass
@@ -182,7 +168,7 @@ class Planner:
                 for target in group:
                     await self._emit(PlanFailure(target, target.ref.node, None, describe(exc)))
                 return
-        by_id = {_norm(str(n.get("id", ""))): n for n in nodes}
+        by_id = {n.id: n for n in nodes}
         jobs = []
         for target in group:
             node = by_id.get(target.ref.node)
@@ -192,9 +178,8 @@ class Planner:
                     PlanFailure(target, target.ref.node, None, f"node {target.ref.node}: {why}")
                 )
                 continue
-            kind = str(node.get("type", "file")).lower()
-            name = str(node.get("name") or target.ref.node)
-            if kind == "folder":
+            name = node.name or target.ref.node
+            if node.kind == "folder":
                 if target.ref.version:
                     await self._emit(
                         PlanFailure(
@@ -221,7 +206,7 @@ class Planner:
             # the token or the other references: this one fails, the run goes on.
             await self._emit(PlanFailure(target, target.ref.context_id, None, describe(exc)))
             return
-        name = str(node.get("name") or target.ref.context_id)
+        name = node.name or target.ref.context_id
         relpath = target.dest if target.dest is not None else Path(safe_name(name))
         await self._file_entry(
             target, "fileshare", target.ref.context_id, node, relpath, named=True
@@ -232,14 +217,14 @@ class Planner:
         target: Target,
         context: str,
         context_id: str,
-        node: Mapping[str, Any],
+        node: Node,
         relpath: Path,
         *,
         named: bool = False,
     ) -> None:
         """``named``: the reference names this node itself (not a folder holding it)."""
-        kind = str(node.get("type", "file")).lower()
-        node_id = _norm(str(node.get("id", "")))
+        kind = node.kind
+        node_id = node.id
         if kind == "note" and (self.notes or named):
             # A note asked for by name is wanted even without --notes.
             if target.dest is None or not named:
@@ -274,7 +259,7 @@ class Planner:
         target: Target,
         context: str,
         context_id: str,
-        node: Mapping[str, Any],
+        node: Node,
         relpath: Path,
     ) -> None:
         """``REF@VERSION``: that version's own size and hash, read with its ``version_id``."""
@@ -288,7 +273,7 @@ class Planner:
         except FastioDlError as exc:
             await self._emit(PlanFailure(target, current.node_id, relpath, describe(exc)))
             return
-        match = [v for v in versions if version_id_of(v) == wanted]
+        match = [v for v in versions if v.id == wanted]
         if not match:
             await self._emit(
                 PlanFailure(
@@ -301,19 +286,16 @@ class Planner:
             )
             return
         version = match[0]
-        try:
-            size = int(version["size"])
-        except (KeyError, TypeError, ValueError):
+        if version.size is None:
             await self._emit(
                 PlanFailure(target, current.node_id, relpath, f"version {wanted} has no size")
             )
             return
-        algo = version.get("hash_algo") or current.hash_algo
         remote = dataclasses.replace(
             current,
-            size=size,
-            hash=str(version["hash"]).lower() if version.get("hash") else None,
-            hash_algo=str(algo).lower() if algo else None,
+            size=version.size,
+            hash=version.hash,
+            hash_algo=version.hash_algo or current.hash_algo,
             version=wanted,
             pinned=True,
         )
@@ -330,14 +312,13 @@ class Planner:
         try:
             async with self._list_gate:
                 async for page in self.client.list_folder(context, context_id, folder):
-                    incomplete: list[Mapping[str, Any]] = []
+                    incomplete: list[Node] = []
                     for child in page:
-                        kind = str(child.get("type", "file")).lower()
-                        name = str(child.get("name") or child.get("id") or "unnamed")
-                        relpath = base / safe_relpath([name])
+                        kind = child.kind
+                        relpath = base / safe_relpath([child.name or child.id or "unnamed"])
                         if kind == "folder":
-                            subfolders.append((_norm(str(child.get("id", ""))), relpath))
-                        elif kind == "file" and not _is_complete(child):
+                            subfolders.append((child.id, relpath))
+                        elif kind == "file" and not child.complete:
                             incomplete.append(child)
                         else:
                             await self._file_entry(target, context, context_id, child, relpath)
@@ -362,18 +343,17 @@ class Planner:
         context: str,
         context_id: str,
         base: Path,
-        partial: list[Mapping[str, Any]],
+        partial: list[Node],
     ) -> None:
         """Some builds list files without hash/version: ask bulk details for those."""
         for start in range(0, len(partial), BULK_DETAILS_MAX):
             chunk = partial[start : start + BULK_DETAILS_MAX]
-            ids = [_norm(str(n.get("id", ""))) for n in chunk]
-            names = {_norm(str(n.get("id", ""))): str(n.get("name") or n.get("id")) for n in chunk}
+            ids = [n.id for n in chunk]
+            names = {n.id: n.name or n.id for n in chunk}
             async with self._details_gate:
                 nodes, errors = await self.client.details(context, context_id, ids)
             for node in nodes:
-                node_id = _norm(str(node.get("id", "")))
-                name = names.get(node_id, str(node.get("name")))
+                name = names.get(node.id) or node.name or node.id
                 await self._file_entry(
                     target, context, context_id, node, base / safe_relpath([name])
                 )

@@ -13,10 +13,11 @@ import pytest
 from aiohttp import web
 
 from fastio_dl.client import FastioClient
-from fastio_dl.client.answers import parse_listing
+from fastio_dl.client.answers import parse_listing, parse_node, parse_version
 from fastio_dl.client.retries import map_http_error, wait_hint
 from fastio_dl.config import Secret, Settings
 from fastio_dl.errors import AccessError, ApiError, AuthError, PaymentRequiredError
+from fastio_dl.models import Node, Version
 
 BASE = "set by the scripted fixture"
 WS = "3867689418901071163"
@@ -79,7 +80,7 @@ async def test_envelope_variants_and_bulk_details(script: Script) -> None:
     async with FastioClient.open(settings(script.base), max_connections=4) as client:
         nodes, errors = await client.details("workspace", WS, [A, B])
     assert script.paths == [f"/current/workspace/{WS}/storage/{A},{B}/details/"]
-    assert [n["id"] for n in nodes] == [A]
+    assert [n.id for n in nodes] == [A]
     assert errors == {B: "Node not found"}
 
 
@@ -111,7 +112,7 @@ async def test_list_shapes_are_all_understood(script: Script, page: dict[str, ob
     script.get(payload=page)
     async with FastioClient.open(settings(script.base), max_connections=4) as client:
         pages = [p async for p in client.list_folder("workspace", WS, "root")]
-    assert pages == [[{"id": A}]]
+    assert [[node.id for node in page] for page in pages] == [[A]]
 
 
 async def test_list_stops_on_a_repeated_cursor(script: Script) -> None:
@@ -199,7 +200,29 @@ def test_listing_answers_understood(
 ) -> None:
     page = parse_listing(payload, sent)
     assert len(page.items) == items and page.cursor == cursor
-    assert all(isinstance(item.get("id"), str) for item in page.items)
+    assert all(item.id for item in page.items)  # an id-keyed object's keys are the ids
+
+
+def test_a_node_is_parsed_once_with_the_alternatives_tolerated() -> None:
+    raw = {"id": "2AAAA-BBBBB", "name": "x", "type": "FILE", "size": "12", "hash": "AB"}
+    full = parse_node({**raw, "hash_algo": "SHA256", "version": 3, "modified": "2025-01-02"})
+    assert full == Node(
+        "2aaaabbbbb", "x", "file", 12, "ab", "sha256", "3", "2025-01-02", None, True
+    )
+    # Without a version key the listing did not say enough: the planner asks details.
+    assert not parse_node(raw).complete and parse_node({**raw, "version": None}).complete
+    bare = parse_node({"name": ""}, "2CCCC")  # an id-keyed child that names no id itself
+    assert bare == Node("2cccc", None, "file", None, None, None, None, None, None, False)
+    odd = parse_node({"size": "big", "hash": "h", "version": "1"})
+    assert odd.size is None and odd.complete  # said, but no number: the file fails, loudly
+
+
+def test_a_version_entry_takes_its_id_from_any_of_the_keys_builds_use() -> None:
+    assert parse_version({"version_id": "v2", "size": 5, "hash": "AB"}) == Version(
+        "v2", 5, "ab", None, None
+    )
+    assert parse_version({"version": "v3", "size": "x", "created": ""}).size is None
+    assert parse_version({"id": "", "version": "v4"}).id == "v4"
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastio_dl.models import PlanItem, Target
+from fastio_dl.client.answers import parse_node
+from fastio_dl.models import Node, PlanItem, Target
 from fastio_dl.planner import Planner
 from fastio_dl.refs import parse_ref
 
@@ -16,21 +17,23 @@ class OnePage:
 
     def __init__(self, count: int) -> None:
         self.page = [
-            {
-                "id": f"{i:020d}",
-                "type": "file",
-                "name": f"file-{i:04d}.bin",
-                "size": 10,
-                "hash": "00" * 32,
-                "hash_algo": "sha256",
-                "version": "1",
-            }
+            parse_node(
+                {
+                    "id": f"{i:020d}",
+                    "type": "file",
+                    "name": f"file-{i:04d}.bin",
+                    "size": 10,
+                    "hash": "00" * 32,
+                    "hash_algo": "sha256",
+                    "version": "1",
+                }
+            )
             for i in range(count)
         ]
 
     async def list_folder(
         self, context: str, context_id: str, folder: str
-    ) -> AsyncIterator[list[Mapping[str, Any]]]:
+    ) -> AsyncIterator[list[Node]]:
         yield self.page
 
 

@@ -1,7 +1,8 @@
-"""Reading the API's JSON answers: the envelope, error bodies, listing pages, details payloads
-and an answer's shape (fastio-api.md sections 2 and 4).
+"""Reading the API's JSON answers: the envelope, error bodies, nodes and versions, listing
+pages, details payloads and an answer's shape (fastio-api.md sections 2 and 4).
 
-Pure functions over decoded JSON; nothing here makes a request.
+Pure functions over decoded JSON; nothing here makes a request. Each node is parsed here once
+into a :class:`~fastio_dl.models.Node`: the rest of fastio-dl never sees the raw answer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastio_dl.errors import ApiError, TransferError
+from fastio_dl.models import Node, Version
 
 LIST_PAGE_SIZE = 500
 
@@ -56,6 +58,62 @@ def norm_id(node_id: str) -> str:
     return node_id.replace("-", "").lower()
 
 
+def parse_node(raw: Mapping[str, Any], key: Any = "") -> Node:
+    """A node object as a :class:`Node`; ``key``: its id where the answer keyed it by id.
+
+    Every field is optional (a missing one reads as None, a missing ``type`` as a file) and
+    given values are taken as text: what a node lacks is the caller's to judge (a file without
+    a size fails, one without a hash is checked by size only). Called once per node of every
+    listing: keep it lean.
+    """
+    get = raw.get
+    size: Any = get("size")
+    complete = size is not None
+    if complete:
+        try:
+            size = int(size)
+        except (TypeError, ValueError):
+            size = None
+    digest = get("hash")
+    algo = get("hash_algo")
+    version = get("version")
+    name = get("name")
+    modified = get("modified")
+    parent = get("parent")
+    return Node(
+        str(get("id", key)).replace("-", "").lower(),
+        str(name) if name else None,
+        str(get("type", "file")).lower(),
+        size,
+        str(digest).lower() if digest else None,
+        str(algo).lower() if algo else None,
+        None if version is None else str(version),
+        None if modified is None else str(modified),
+        None if parent is None else str(parent),
+        complete and bool(digest) and "version" in raw,
+    )
+
+
+def parse_version(raw: Mapping[str, Any]) -> Version:
+    """A versions answer's entry; its id is ``id`` (``version_id`` or ``version`` in other
+    builds)."""
+    version_id = next((str(raw[k]) for k in ("id", "version_id", "version") if raw.get(k)), "")
+    size: Any = raw.get("size")
+    try:
+        size = None if size is None else int(size)
+    except (TypeError, ValueError):
+        size = None
+    digest = raw.get("hash")
+    algo = raw.get("hash_algo")
+    return Version(
+        version_id,
+        size,
+        str(digest).lower() if digest else None,
+        str(algo).lower() if algo else None,
+        str(raw.get("created") or "") or None,
+    )
+
+
 _CHILD_KEYS = ("nodes", "items", "files")
 _CURSOR_KEYS = ("next_cursor", "nextCursor")
 _MORE_KEYS = ("has_more", "hasMore")
@@ -69,7 +127,7 @@ class ListingPage:
     """One page of a folder listing: its children, and the cursor of the next page (None: this
     page is the last, and the answer said so)."""
 
-    items: list[Mapping[str, Any]]
+    items: list[Node]
     cursor: str | None
 
 
@@ -122,7 +180,7 @@ def parse_listing(
     return ListingPage(items, None)
 
 
-def _children(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _children(payload: Mapping[str, Any]) -> list[Node]:
     for key in _CHILD_KEYS:
         if key not in payload:
             continue
@@ -138,16 +196,19 @@ def _children(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     raise ValueError(f"unrecognised answer (keys: {', '.join(sorted(map(str, payload)))})")
 
 
-def _node_list(value: Any) -> list[Mapping[str, Any]] | None:
-    """An array of node objects, or an object of them keyed by id; None for anything else.
+def _node_list(value: Any) -> list[Node] | None:
+    """An array of node objects, or an object of them keyed by id (the key is the id of a node
+    that names none); None for anything else.
 
     An empty object is not an empty folder: it is as likely a shape not understood."""
     if isinstance(value, list):
-        return value if all(isinstance(item, Mapping) for item in value) else None
+        if all(isinstance(item, Mapping) for item in value):
+            return [parse_node(item) for item in value]
+        return None
     if isinstance(value, Mapping) and value:
         if not all(isinstance(node, Mapping) for node in value.values()):
             return None
-        return [node if "id" in node else {**node, "id": key} for key, node in value.items()]
+        return [parse_node(node, key) for key, node in value.items()]
     return None
 
 
@@ -172,12 +233,12 @@ def shape_of(value: Any, depth: int = 0) -> Any:
     return "null" if value is None else type(value).__name__
 
 
-def details_nodes(payload: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+def details_nodes(payload: Mapping[str, Any]) -> list[Node] | None:
     """The nodes of a details answer: ``nodes`` (array or id-keyed object) or ``node``."""
     if "nodes" in payload:
         return _node_list(payload["nodes"]) if payload["nodes"] != [] else []
     node = payload.get("node")
-    return [node] if isinstance(node, Mapping) else None
+    return [parse_node(node)] if isinstance(node, Mapping) else None
 
 
 def decoded(raw: bytes) -> Any:

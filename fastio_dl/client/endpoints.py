@@ -19,6 +19,8 @@ from fastio_dl.client.answers import (
     is_true,
     norm_id,
     parse_listing,
+    parse_node,
+    parse_version,
     payload_of,
     shape_of,
 )
@@ -33,6 +35,7 @@ from fastio_dl.errors import (
     PaymentRequiredError,
     TransferError,
 )
+from fastio_dl.models import Node, Version
 
 BULK_DETAILS_MAX = 25
 MAX_REDIRECTS = 5
@@ -45,7 +48,7 @@ class FastioClient(ApiSession):
     # -- endpoints
     async def details(
         self, context: str, context_id: str, node_ids: list[str]
-    ) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
+    ) -> tuple[list[Node], dict[str, str]]:
         """Details of 1-25 nodes: (nodes, {node_id: error}) for the ones that did not resolve."""
         if not 1 <= len(node_ids) <= BULK_DETAILS_MAX:
             raise ValueError("details takes 1 to 25 ids")
@@ -65,7 +68,7 @@ class FastioClient(ApiSession):
         for entry in payload.get("errors") or []:
             if isinstance(entry, Mapping) and entry.get("node_id"):
                 errors[norm_id(str(entry["node_id"]))] = str(entry.get("message") or "not found")
-        found = {norm_id(str(n.get("id", ""))) for n in nodes}
+        found = {n.id for n in nodes}
         for node_id in node_ids:
             if norm_id(node_id) not in found and norm_id(node_id) not in errors:
                 errors[norm_id(node_id)] = error_text(body) or "not found"
@@ -73,7 +76,7 @@ class FastioClient(ApiSession):
 
     async def list_folder(
         self, context: str, context_id: str, folder: str
-    ) -> AsyncIterator[list[Mapping[str, Any]]]:
+    ) -> AsyncIterator[list[Node]]:
         """Yield pages of child nodes until a page that is provably the last.
 
         Raises :class:`ListingError` for an answer not understood, or one that does not prove
@@ -114,7 +117,7 @@ class FastioClient(ApiSession):
             "and report it",
         )
 
-    async def versions(self, context: str, context_id: str, node: str) -> list[Mapping[str, Any]]:
+    async def versions(self, context: str, context_id: str, node: str) -> list[Version]:
         """A file's versions, as the API lists them (``fileshare``: the shared file's)."""
         if context == "fileshare":
             url = f"{self._base}/fileshare/{context_id}/storage/versions/"
@@ -129,7 +132,7 @@ class FastioClient(ApiSession):
                 f"versions of {node}: unrecognised answer (no 'versions' list; keys: "
                 f"{', '.join(sorted(map(str, payload_of(body)))) or 'none'})"
             )
-        return [v for v in versions if isinstance(v, Mapping)]
+        return [parse_version(v) for v in versions if isinstance(v, Mapping)]
 
     async def read_note(
         self, context: str, context_id: str, node: str, version_id: str | None = None
@@ -144,7 +147,7 @@ class FastioClient(ApiSession):
             raise TransferError(f"note {node}: unrecognised answer (no 'content' text)")
         return content
 
-    async def fileshare_file(self, fileshare_id: str) -> Mapping[str, Any]:
+    async def fileshare_file(self, fileshare_id: str) -> Node:
         """The file a File Share links to: ``details`` -> ``fileshare.file`` (a node object)."""
         url = f"{self._base}/fileshare/{fileshare_id}/details/"
         what = f"File Share {fileshare_id}"
@@ -164,7 +167,7 @@ class FastioClient(ApiSession):
         file = share.get("file") if isinstance(share, Mapping) else None
         if not isinstance(file, Mapping):
             raise TransferError(f"{what}: unrecognised answer (no fileshare.file)")
-        return file
+        return parse_node(file)
 
     async def request_read(
         self, context: str, context_id: str, node: str, *, version_id: str | None = None
