@@ -93,6 +93,47 @@ def sidecar_path(final: Path) -> Path:
     return final.with_name(final.name + SIDECAR_SUFFIX)
 
 
+class Leftovers:
+    """The ``.part`` files and sidecars lying in destination directories, read once per
+    directory, so that a skipped file's leftovers go without two failing unlinks per file.
+
+    A file that needs no download needs no ``NAME.part`` either, and a run killed between the
+    rename and the sidecar cleanup leaves ``NAME.part.json`` beside the final file. This run
+    writes neither for a skipped file (its path is claimed once), so what a directory held when
+    first read is what there is to tidy. Only the last ``KEEP`` directories are remembered
+    (files arrive folder by folder), each with its leftover names: usually none.
+    """
+
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self._found: dict[str, set[str]] = {}  # oldest first
+
+    def drop(self, final: str | os.PathLike[str]) -> None:
+        """Remove ``final``'s ``.part`` and sidecar if its directory held them."""
+        directory, name = os.path.split(final)
+        found = self._found.get(directory)
+        if found is None:
+            if len(self._found) >= self.KEEP:
+                del self._found[next(iter(self._found))]
+            found = self._found[directory] = _leftovers_in(directory)
+        if not found:
+            return
+        for leftover in (name + PART_SUFFIX, name + SIDECAR_SUFFIX):
+            if leftover in found:
+                found.discard(leftover)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, leftover))
+
+
+def _leftovers_in(directory: str) -> set[str]:
+    try:
+        with os.scandir(directory or ".") as entries:
+            return {e.name for e in entries if e.name.endswith((PART_SUFFIX, SIDECAR_SUFFIX))}
+    except OSError:
+        return set()
+
+
 class DiskSpace:
     """Free space of the destination, re-read at most every ``ttl`` seconds (statvfs per file
     adds up over thousands of small files; reservations cover what changes in between)."""

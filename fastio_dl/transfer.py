@@ -66,11 +66,11 @@ from fastio_dl.segments import (
 from fastio_dl.storage import (
     Disk,
     DiskSpace,
+    Leftovers,
     MemoryPart,
     PartFile,
     PartMeta,
     part_path,
-    sidecar_path,
 )
 
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
@@ -124,6 +124,7 @@ class Engine:
         self.dest = settings.dest
         self.guard = PathGuard(settings.dest)
         self.space = DiskSpace(settings.dest)
+        self.leftovers = Leftovers()
         fsync_each = settings.fsync == "each" or not has_syncfs()
         self.disk = Disk(sync=fsync_each)  # this run's buffers and write switches
         self.flusher = Flusher(settings.dest, each=fsync_each, take=self.policy.durable)
@@ -265,7 +266,7 @@ class Engine:
             decision = await self.policy.decide(entry, final)
             if decision.skip is not None or self.dry_run:
                 if decision.skip is not None and not self.dry_run:
-                    await _drop_leftovers(final)
+                    self.leftovers.drop(final)
                 kind, reason = decision.skip, decision.reason
                 if kind is None:
                     kind = Kind.WOULD_REPLACE if decision.replace else Kind.WOULD_DOWNLOAD
@@ -551,10 +552,3 @@ class Engine:
                 reason=reason,
             )
         )
-
-
-async def _drop_leftovers(final: Path) -> None:
-    """A run killed between the rename and the sidecar cleanup leaves a sidecar: tidy it."""
-    for path in (part_path(final), sidecar_path(final)):
-        with contextlib.suppress(OSError):
-            path.unlink()

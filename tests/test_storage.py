@@ -85,6 +85,31 @@ def test_empty_at_start_keeps_its_first_answer(tmp_path: Path) -> None:
     assert not empty.exists(fresh / "new.bin")
 
 
+def test_leftovers_are_read_once_per_directory_and_only_named_ones_go(tmp_path: Path) -> None:
+    from fastio_dl.storage import Leftovers
+
+    leftovers = Leftovers()
+    dirs = [tmp_path / f"d{i}" for i in range(Leftovers.KEEP + 1)]
+    for directory in dirs:
+        directory.mkdir()
+        (directory / "a.bin.part.json").write_bytes(b"{}")
+        (directory / "a.bin.part").write_bytes(b"x")
+        (directory / "other.bin.part").write_bytes(b"x")
+    leftovers.drop(dirs[0] / "a.bin")
+    assert _tree(dirs[0]) == ["other.bin.part"]
+    # Remembered: a sidecar appearing after the first read is not looked for...
+    (dirs[0] / "b.bin.part.json").write_bytes(b"{}")
+    leftovers.drop(dirs[0] / "b.bin")
+    assert (dirs[0] / "b.bin.part.json").exists()
+    # ...until the directory was forgotten (only the last KEEP are kept) and is read again.
+    for directory in dirs[1:]:
+        leftovers.drop(directory / "a.bin")
+        assert _tree(directory) == ["other.bin.part"]
+    leftovers.drop(dirs[0] / "b.bin")
+    assert _tree(dirs[0]) == ["other.bin.part"]
+    leftovers.drop(tmp_path / "missing" / "a.bin")  # no directory: nothing to do
+
+
 def _tree(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir())
 

@@ -56,6 +56,23 @@ def test_second_sync_moves_nothing_and_mints_no_token(synced) -> None:
     assert counters["check"] == 1
 
 
+def test_skipped_files_leftovers_are_tidied_and_nothing_else(synced) -> None:
+    # A run killed between the rename and the sidecar cleanup leaves NAME.part.json; a stale
+    # NAME.part may lie beside a file that is complete. Other .part files are not ours to drop.
+    served, manifest, dest, _ = synced
+    finals = sorted(p for p in dest.rglob("*.bin") if ".fastio-dl" not in p.parts)
+    tidied = [Path(f"{p}{suffix}") for p in finals[:3] for suffix in (".part", ".part.json")]
+    for path in tidied:
+        path.write_bytes(b"left over")
+    unrelated = finals[0].with_name("not-planned.bin.part")
+    unrelated.write_bytes(b"someone else's")
+    again = served.cli("sync", str(manifest), "-d", str(dest), "--json")
+    assert again.exit_code == 0, again.stderr
+    assert again.summary()["downloaded"] == 0
+    assert not [p for p in tidied if p.exists()]
+    assert unrelated.read_bytes() == b"someone else's"
+
+
 def test_changed_remote_file_is_replaced_others_untouched(synced) -> None:
     served, manifest, dest, _ = synced
     files = list(served.space.files())
