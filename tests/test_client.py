@@ -14,7 +14,7 @@ from aiohttp import web
 
 from fastio_dl.client import FastioClient
 from fastio_dl.client.answers import parse_listing, parse_node, parse_version
-from fastio_dl.client.retries import map_http_error, wait_hint
+from fastio_dl.client.retries import map_http_error
 from fastio_dl.config import Secret, Settings
 from fastio_dl.errors import AccessError, ApiError, AuthError, PaymentRequiredError
 from fastio_dl.models import Node, Version
@@ -151,20 +151,6 @@ async def test_a_401_with_a_good_token_fails_only_that_call(script: Script) -> N
     assert info.value.hint is not None and "not a member" in info.value.hint
 
 
-def test_wait_hint_order() -> None:
-    now = 1_000_000.0
-    body = {"result": False, "error": {"code": 145858, "params": {"retry_after_seconds": 7}}}
-    headers = {"Retry-After": "3", "x-ve-limit-expires": str(int(now) + 20)}
-    assert wait_hint(429, headers, body, now) == 7
-    assert wait_hint(429, headers, {"error": {"params": [{"retry_after_seconds": "5"}]}}, now) == 5
-    assert wait_hint(429, headers, None, now) == 3
-    assert wait_hint(429, {"x-ve-limit-expires": str(int(now) + 20)}, None, now) == 20
-    assert wait_hint(429, {"X-Rate-Limit-Expiry": str(int(now) + 9)}, None, now) == 9
-    assert wait_hint(429, {}, None, now) == 60
-    http_date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now + 12))
-    assert wait_hint(429, {"Retry-After": http_date}, None, now) == pytest.approx(12, abs=1)
-
-
 def test_status_mapping() -> None:
     assert isinstance(map_http_error(402, {}, None, "x"), PaymentRequiredError)
     assert isinstance(map_http_error(403, {}, None, "x"), AccessError)
@@ -260,16 +246,6 @@ async def test_a_refusal_under_200_is_never_retried(script: Script, result: obje
     assert not info.value.retryable
 
 
-def test_limit_expiry_is_a_hint_for_429_only() -> None:
-    now = time.time()
-    headers = {"x-ve-limit-expires": str(int(now) + 40)}
-    assert map_http_error(429, headers, None, "x").wait_hint == pytest.approx(40, abs=2)  # type: ignore[union-attr]
-    assert map_http_error(503, headers, None, "x").wait_hint is None  # type: ignore[union-attr]
-    assert map_http_error(500, headers, None, "x").wait_hint is None  # type: ignore[union-attr]
-    # A 503 that names its own Retry-After (RFC 9110) is believed.
-    assert map_http_error(503, {"Retry-After": "2"}, None, "x").wait_hint == 2  # type: ignore[union-attr]
-
-
 async def test_a_429_holds_every_api_caller(script: Script) -> None:
     limited = {"result": False, "error": {"code": 145858, "params": {"retry_after_seconds": 0.4}}}
     script.get(status=429, payload=limited)
@@ -307,3 +283,31 @@ async def test_no_requests_left_in_the_window_holds_new_calls(script: Script) ->
         await client.request_read("workspace", WS, A)
         await client.request_read("workspace", WS, B)
     assert script.arrivals[1] - script.arrivals[0] >= 0.35
+
+
+@pytest.mark.parametrize("asked", ["a 429", "the window"])
+async def test_max_retry_wait_caps_how_long_the_gate_holds(script: Script, asked: str) -> None:
+    if asked == "a 429":
+        limited = {"result": False, "error": {"params": {"retry_after_seconds": 30}}}
+        script.get(status=429, payload=limited)
+    else:
+        script.headers = lambda: {
+            "x-ve-limit-avail": "0",
+            "x-ve-limit-expires": f"{time.time() + 30:.3f}",
+        }
+    script.get(payload={"result": True, "token": "rt.1"})
+    async with FastioClient.open(
+        settings(script.base, max_retry_wait=0.3), max_connections=4
+    ) as client:
+        held: list[float] = []
+        hold = client.gate.hold
+
+        def hold_and_note(seconds: float) -> None:
+            held.append(seconds)
+            hold(seconds)
+
+        client.gate.hold = hold_and_note  # type: ignore[method-assign]
+        for node in (A, B):  # 30 s each if the cap were not applied
+            await asyncio.wait_for(client.request_read("workspace", WS, node), 10)
+    assert held and held[0] == 0.3 and all(seconds <= 0.3 for seconds in held)
+    assert script.arrivals[-1] - script.arrivals[0] >= 0.3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -231,6 +232,45 @@ def test_disk_full_mid_file_stops_new_files_and_never_leaves_a_bad_final(
             assert expected[name] == digest  # every final file is complete and verified
     downloaded = [f for f in files if f["status"] == "downloaded"]
     assert len(downloaded) < 6
+
+
+# The CLI under a file-size limit (RLIMIT_FSIZE; SIGXFSZ ignored, so that a write past it fails
+# with EFBIG instead of killing the process): a write error mid-file that needs no root.
+SIZE_LIMITED = (
+    "import resource, runpy, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "limit = int(sys.argv.pop(1))\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "runpy.run_module('fastio_dl', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def test_a_write_error_mid_file_keeps_a_resumable_part(served: Served, tmp_path: Path) -> None:
+    node = big_file(served, size=3 * SIZE)  # over 1 MiB, under the segment threshold: a .part
+    limit = SIZE + 12_345
+    ref = f"ws:{served.ws}/{node.id}"
+    argv = served.argv("get", ref, "-d", str(tmp_path), "--progress", "plain")
+    done = subprocess.run(
+        [sys.executable, "-c", SIZE_LIMITED, str(limit), *argv[3:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    final, part = tmp_path / node.name, part_path(tmp_path / node.name)
+    assert done.returncode == 1, done.stderr
+    why = os.strerror(errno.EFBIG)
+    assert done.stderr.splitlines()[0] == f"failed: {final}: cannot write {part}: {why}"
+    assert done.stderr.count("\n") == 2 and "1 failed" in done.stderr  # the line and the summary
+    kept = part.stat().st_size
+    assert not final.exists() and 0 < kept <= limit
+    assert part.read_bytes() == node.blob.read(0, kept)
+    # The next run, without the limit, moves only the bytes that are missing.
+    served.server.call(served.emulator.reset_counters)
+    result = served.cli("get", ref, "-d", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert tree_digests(tmp_path) == {node.name: node.blob.digest("sha256")}
+    assert served.stat("read_bytes") == node.blob.size - kept
 
 
 # ----------------------------------------------------------------------------- names

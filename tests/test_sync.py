@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from fastio_dl import syncing
 from fastio_dl.emulator import BytesBlob, DatasetSpec, SeededBlob
 from fastio_dl.manifest import parse_manifest
+from fastio_dl.policy import in_shard
 from fastio_dl.syncing import destination_lock
 from tests.conftest import Served, tree_digests
 
@@ -194,32 +200,91 @@ def test_manifest_from_stdin_and_failed_manifest(served: Served, tmp_path: Path)
     assert parse_manifest(failed.read_text(), "failed.txt").targets[0].ref.node == missing
 
 
-def test_second_sync_on_a_locked_destination_exits_4(served: Served, tmp_path: Path) -> None:
-    dest = tmp_path / "dest"
-    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
+@contextlib.contextmanager
+def lock_holder(dest: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process that holds DEST's lock until its standard input closes."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path\n"
+            "import sys; from pathlib import Path\n"
             "from fastio_dl.syncing import destination_lock\n"
             "with destination_lock(Path(sys.argv[1])):\n"
-            "    print('locked', flush=True); time.sleep(30)",
+            "    print('locked', flush=True); sys.stdin.read()",
             str(dest),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        result = served.cli("sync", str(manifest), "-d", str(dest))
-        assert result.exit_code == 4
-        assert f"pid {holder.pid}" in result.stderr
+        yield holder
     finally:
         holder.kill()
         holder.wait()
+
+
+@dataclass
+class LockPauses:
+    """The pauses of a sync that found its destination's lock taken; ``before`` runs first."""
+
+    seconds: list[float] = field(default_factory=list)
+    before: Callable[[], None] = lambda: None
+
+    def sleep(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+        self.before()
+        time.sleep(seconds)
+
+
+@pytest.fixture
+def pauses(monkeypatch: pytest.MonkeyPatch) -> LockPauses:
+    noted = LockPauses()
+    clock = SimpleNamespace(monotonic=time.monotonic, sleep=noted.sleep)
+    monkeypatch.setattr(syncing, "time", clock)
+    return noted
+
+
+@pytest.mark.parametrize("wait", [0.0, 0.5])
+def test_a_sync_on_a_locked_destination_exits_4(
+    served: Served, tmp_path: Path, pauses: LockPauses, wait: float
+) -> None:
+    dest = tmp_path / "dest"
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
+    with lock_holder(dest) as holder:
+        started = time.monotonic()
+        result = served.cli("sync", str(manifest), "-d", str(dest), "--wait-lock", str(wait))
+        waited = time.monotonic() - started
+        assert result.exit_code == 4
+        assert f"another fastio-dl sync (pid {holder.pid}) is running on {dest}" in result.stderr
+        assert "--wait-lock SECONDS" in result.stderr
+        assert served.stat("requests") == 0  # the lock comes before any request
+        assert waited >= wait and bool(pauses.seconds) == (wait > 0)
     # the killed holder's lock does not block the next run
     assert served.cli("sync", str(manifest), "-d", str(dest)).exit_code == 0
+
+
+def test_wait_lock_runs_once_the_other_sync_ends(
+    served: Served, tmp_path: Path, pauses: LockPauses
+) -> None:
+    dest = tmp_path / "dest"
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
+    with lock_holder(dest) as holder:
+
+        def end_the_other_run() -> None:
+            assert holder.stdin is not None
+            if not holder.stdin.closed:
+                holder.stdin.close()
+                holder.wait(10)
+
+        pauses.before = end_the_other_run
+        result = served.cli("sync", str(manifest), "-d", str(dest), "--wait-lock", "30", "--json")
+        assert holder.returncode == 0  # it ended by itself, which released the lock
+    assert result.exit_code == 0, result.stderr
+    assert pauses.seconds  # the run met the lock taken, waited, then ran
+    assert files_only(dest) == served.expected()
+    assert (dest / ".fastio-dl" / "lock").read_text().strip() == str(os.getpid())
 
 
 def test_lock_is_exclusive_in_process(tmp_path: Path) -> None:
@@ -264,3 +329,95 @@ def test_sync_killed_mid_run_is_completed_by_the_next(make_served, tmp_path: Pat
     # the big file resumed: fewer bytes moved than its size
     assert served.stat("read_bytes") < sum(n.blob.size for n in served.space.files())
     assert big.blob.size > 0
+
+
+# ----------------------------------------------------------------------------- --delete guards
+
+
+@pytest.fixture
+def tracked(make_served, tmp_path: Path):
+    """Twelve flat files synced one manifest line each: (served, nodes, manifest, dest)."""
+    served: Served = make_served(
+        DatasetSpec(files=12, depth=0, notes=0, links=0, odd_names=False, max_size=2000)
+    )
+    nodes = sorted(served.space.files(), key=lambda n: n.name)
+    dest = tmp_path / "dest"
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/{n.id}" for n in nodes])
+    first = served.cli("sync", str(manifest), "-d", str(dest))
+    assert first.exit_code == 0, first.stderr
+    return served, nodes, manifest, dest
+
+
+def test_a_plan_failure_deletes_and_reports_nothing(tracked) -> None:
+    served, nodes, manifest, dest = tracked
+    missing = "2" + "z" * 28
+    write_manifest(
+        manifest, [f"ws:{served.ws}/{n.id}" for n in nodes[3:]] + [f"ws:{served.ws}/{missing}"]
+    )
+    before = files_only(dest)
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--delete", "--max-delete", "100%")
+    assert result.exit_code == 1
+    assert "not deleting or reporting 3 tracked file(s): part of the plan failed" in result.stderr
+    assert "deleted:" not in result.stderr and "gone from manifest" not in result.stderr
+    assert files_only(dest) == before
+    # Still tracked: once the plan is whole again, the next --delete removes them.
+    write_manifest(manifest, [f"ws:{served.ws}/{n.id}" for n in nodes[3:]])
+    again = served.cli("sync", str(manifest), "-d", str(dest), "--delete")
+    assert again.exit_code == 0, again.stderr
+    assert sorted(p.name for p in dest.glob("*.bin")) == [n.name for n in nodes[3:]]
+
+
+def test_delete_keeps_a_file_the_user_modified(tracked) -> None:
+    served, nodes, manifest, dest = tracked
+    rewritten, appended, untouched = (dest / n.name for n in nodes[:3])
+    rewritten.write_bytes(bytes(len(rewritten.read_bytes())))  # same size, new bytes and mtime
+    with appended.open("ab") as handle:
+        handle.write(b"a line of my own")
+    write_manifest(manifest, [f"ws:{served.ws}/{n.id}" for n in nodes[3:]])
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--delete")
+    assert result.exit_code == 0, result.stderr
+    assert rewritten.exists() and appended.exists() and not untouched.exists()
+    assert f"deleted: {untouched}" in result.stderr
+    for path in (rewritten, appended):
+        assert f"kept {path}: modified since fastio-dl wrote it; no longer tracked" in result.stderr
+    # No longer tracked: a later run neither reports nor deletes them.
+    again = served.cli("sync", str(manifest), "-d", str(dest), "--delete")
+    assert again.exit_code == 0 and again.stderr.count(str(dest)) == 0, again.stderr
+    assert rewritten.exists() and appended.exists()
+
+
+def test_a_shard_deletes_only_its_own_files(tracked) -> None:
+    served, nodes, manifest, dest = tracked
+    shard_of = {n.id: next(k for k in range(2) if in_shard(n.id, (k, 2))) for n in nodes}
+    gone = {k: [n for n in nodes if shard_of[n.id] == k][:2] for k in range(2)}
+    assert all(len(g) == 2 for g in gone.values())  # the seed gives each shard two to lose
+    left = [n for n in nodes if n not in gone[0] + gone[1]]
+    write_manifest(manifest, [f"ws:{served.ws}/{n.id}" for n in left])
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--delete", "--shard", "0/2")
+    assert result.exit_code == 0, result.stderr
+    names = {p.name for p in dest.glob("*.bin")}
+    assert names == {n.name for n in left + gone[1]}
+    other = served.cli("sync", str(manifest), "-d", str(dest), "--delete", "--shard", "1/2")
+    assert other.exit_code == 0, other.stderr
+    assert {p.name for p in dest.glob("*.bin")} == {n.name for n in left}
+
+
+@pytest.mark.parametrize(("flags", "verb"), [(["--delete"], "delete"), ([], "report as gone")])
+def test_a_dry_run_lists_what_it_would_delete(tracked, flags: list[str], verb: str) -> None:
+    served, nodes, manifest, dest = tracked
+    write_manifest(manifest, [f"ws:{served.ws}/{n.id}" for n in nodes[2:]])
+    before = files_only(dest)
+    result = served.cli("sync", str(manifest), "-d", str(dest), "--dry-run", *flags)
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"dry run: would download 0 (0 B), replace 0 (0 B), adopt 0 (0 B); {verb} 2"
+        in result.stderr
+    )
+    listed = sorted(line for line in result.stderr.splitlines() if f"would {verb}:" in line)
+    assert listed == sorted(f"dry run: would {verb}: {n.name}" for n in nodes[:2])
+    assert files_only(dest) == before and "deleted:" not in result.stderr
+    # The dry run forgot nothing: the real run deletes the same two.
+    real = served.cli("sync", str(manifest), "-d", str(dest), "--delete")
+    assert sorted(
+        line for line in real.stderr.splitlines() if line.startswith("deleted:")
+    ) == sorted(f"deleted: {dest / n.name}" for n in nodes[:2])
