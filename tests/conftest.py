@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
@@ -65,12 +66,13 @@ class Served:
         fast_retries: bool = True,
     ) -> CliResult:
         argv = list(args)
-        if argv and argv[0] in ("get", "sync"):
+        if argv and argv[0] in ("get", "sync", "ls"):
             argv += ["--api-base", self.server.api_base]
-            if "--progress" not in argv:
-                argv += ["--progress", "plain"]
             if token:
                 argv += ["--token", token]
+        if argv and argv[0] in ("get", "sync"):
+            if "--progress" not in argv:
+                argv += ["--progress", "plain"]
             if fast_retries:
                 argv += ["--backoff", "0.01", "--max-retry-wait", "0.5"]
         result = CliRunner().invoke(app, argv, input=input, catch_exceptions=False)
@@ -99,12 +101,29 @@ class Served:
         return int(self.emulator.counters.get(name, 0))
 
 
+async def let_tasks_run() -> None:
+    """Every task that can go on runs until it waits (the event loop goes round a few times)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 def tree_digests(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in root.rglob("*")
         if p.is_file()
     }
+
+
+def files_only(root: Path) -> dict[str, str]:
+    """:func:`tree_digests` without fastio-dl's own state directory."""
+    return {k: v for k, v in tree_digests(root).items() if not k.startswith(".fastio-dl/")}
+
+
+def write_manifest(path: Path, lines: list[str]) -> Path:
+    """A manifest of ``lines`` at ``path``; its first line is a comment, its second blank."""
+    path.write_text("# test manifest\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import mmap
 import os
 import random
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from fastio_dl import blockio
 from fastio_dl.blockio import ALIGN, BufferPool, DirectFile, PieceBuffer, StreamWriter
+from tests.conftest import let_tasks_run
 
 
 def chunks_of(data: bytes, seed: int) -> list[bytes]:
@@ -253,11 +255,10 @@ def test_a_write_cancelled_mid_way_leaves_exactly_the_bytes_taken(
     path = tmp_path / "f.part"
     path.write_bytes(b"")
     real = DirectFile.write_region
+    disk_free = threading.Event()  # the disk takes no write until the feeder is cancelled
 
     def slow(self: DirectFile, base: int, start: int, region: memoryview) -> None:
-        import time
-
-        time.sleep(0.02)  # the loop gets ahead and has to wait for a buffer
+        disk_free.wait(10)
         real(self, base, start, region)
 
     monkeypatch.setattr(DirectFile, "write_region", slow)
@@ -268,14 +269,18 @@ def test_a_write_cancelled_mid_way_leaves_exactly_the_bytes_taken(
 
     async def go() -> int:
         writer = StreamWriter(file, 0, hasher, pool=BufferPool())
+        taken = asyncio.Event()
 
         async def feed() -> None:
             for i in range(0, len(data), 1_000_003):
                 await writer.write([data[i : i + 1_000_003]])
+                taken.set()
 
         task = asyncio.ensure_future(feed())
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(taken.wait(), 10)
+        await let_tasks_run()  # the feeder gets ahead of the disk and waits for a buffer
         task.cancel()
+        disk_free.set()
         with pytest.raises(asyncio.CancelledError):
             await task
         await writer.finish()  # what an interrupted transfer does before it closes

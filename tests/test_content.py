@@ -82,26 +82,9 @@ def test_a_note_link_downloads_that_note_only(served: Served, tmp_path: Path) ->
 
 
 def test_ls_notes_shows_the_saved_names_and_manifest_lines(served: Served) -> None:
-    plain = served.cli(
-        "ls",
-        f"ws:{served.ws}/root",
-        "--manifest",
-        "--api-base",
-        served.server.api_base,
-        "--token",
-        "fastio-emulator-token",
-    )
+    plain = served.cli("ls", f"ws:{served.ws}/root", "--manifest")
     assert "note-0" not in plain.stdout
-    listed = served.cli(
-        "ls",
-        f"ws:{served.ws}/root",
-        "--manifest",
-        "--notes",
-        "--api-base",
-        served.server.api_base,
-        "--token",
-        "fastio-emulator-token",
-    )
+    listed = served.cli("ls", f"ws:{served.ws}/root", "--manifest", "--notes")
     note = the_note(served)
     assert f"ws:{served.ws}/{note.id} note-0.md" in listed.stdout.splitlines()
 
@@ -120,16 +103,7 @@ def _two_versions(served: Served) -> tuple[Node, str, bytes]:
 
 def test_ls_versions_lists_ids_sizes_and_the_current_one(served: Served) -> None:
     node, old_id, old = _two_versions(served)
-    result = served.cli(
-        "ls",
-        f"ws:{served.ws}/{node.id}",
-        "--versions",
-        "--json",
-        "--api-base",
-        served.server.api_base,
-        "--token",
-        "fastio-emulator-token",
-    )
+    result = served.cli("ls", f"ws:{served.ws}/{node.id}", "--versions", "--json")
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["version"], r["size"], r["current"]) for r in rows] == [

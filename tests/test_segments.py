@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +20,7 @@ from fastio_dl.blockio import BufferPool, PieceBuffer
 from fastio_dl.emulator import Fault, SeededBlob
 from fastio_dl.emulator.server import BODY_CHUNK
 from fastio_dl.segments import split_segments
-from tests.conftest import Served
+from tests.conftest import Served, let_tasks_run
 
 SIZE = 6_000_001
 SEG = ["--segments", "4", "--segment-threshold", "1M"]
@@ -227,12 +228,13 @@ def test_a_fast_single_connection_goes_on_as_one_stream(
     # Thresholds scaled down so that the loopback emulator counts as a fast link.
     monkeypatch.setattr(segments, "PROBE_MIN", 1)
     monkeypatch.setattr(segments, "FAST_LINK", 1)
-    monkeypatch.setattr(segments, "PROBE_SECONDS", 0.05)
+    monkeypatch.setattr(segments, "PROBE_WAIT", 2.0)
+    monkeypatch.setattr(segments, "PROBE_SECONDS", 0.1)
     # Four equal 3 MB pieces (a file this small gets no ramp of smaller first pieces), and
-    # about 1.3 MB in the probe: the first connection is stopped part-way through its piece.
+    # about 1.2 MB in the probe: the first connection is stopped part-way through its piece.
     size = 12_000_000
     node = add_big(served, size)
-    served.emulator.switches.bandwidth = 20_000_000
+    served.emulator.switches.bandwidth = 12_000_000
     result = served.cli(
         "get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG, "--debug", "--json"
     )
@@ -357,14 +359,14 @@ async def test_the_piece_window_widens_for_a_handover_and_narrows_after() -> Non
     await window.acquire()
     await window.acquire()
     third = asyncio.ensure_future(window.acquire())
-    await asyncio.sleep(0.01)
+    await let_tasks_run()
     assert not third.done()  # two pieces held: a third waits
     window.widen(1)  # a connection hands over: one piece more may be held
     await asyncio.wait_for(third, 1)
     window.widen(-1)  # its last piece is in: back to two, three still held
     fourth = asyncio.ensure_future(window.acquire())
     window.release()
-    await asyncio.sleep(0.01)
+    await let_tasks_run()
     assert not fourth.done()  # 2 held, limit 2
     window.release()
     await asyncio.wait_for(fourth, 1)
@@ -398,8 +400,11 @@ async def test_a_connection_hands_over_only_for_time_that_no_bytes_move(
     for _ in range(3):
         run.heard(wait, first)
     rate = 16 * 1024 * 1024
+    # The clock stands still: the connection has been moving bytes for exactly 0.2 s.
+    now = 1000.0
+    monkeypatch.setattr(segments, "time", SimpleNamespace(monotonic=lambda: now))
     flow = segments._Flow()
-    flow.began = time.monotonic() - 0.2 - segments.BURST
+    flow.began = now - 0.2 - segments.BURST
     flow.got = int(rate * 0.2)
     piece = PieceBuffer(0, 4_000_000, pool=BufferPool())
     try:

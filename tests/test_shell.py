@@ -21,7 +21,7 @@ from fastio_dl.cli import app
 from fastio_dl.emulator import DEFAULT_TOKEN, DatasetSpec, SeededBlob
 from fastio_dl.errors import ExitCode
 from fastio_dl.policy import in_shard
-from tests.conftest import Served, tree_digests
+from tests.conftest import Served, files_only, tree_digests
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,9 +131,7 @@ def test_bash_completes_commands_and_options() -> None:
 
 def test_ls_table_json_and_manifest_roundtrip(make_served, tmp_path: Path) -> None:
     served: Served = make_served(DatasetSpec(files=12, depth=2, fanout=2, max_size=5000))
-    table = served.cli(
-        "ls", f"ws:{served.ws}/root", "--token", DEFAULT_TOKEN, "--api-base", served.server.api_base
-    )
+    table = served.cli("ls", f"ws:{served.ws}/root")
     assert table.exit_code == 0 and table.stdout.splitlines()[0].split() == [
         "TYPE",
         "SIZE",
@@ -144,34 +142,15 @@ def test_ls_table_json_and_manifest_roundtrip(make_served, tmp_path: Path) -> No
     assert "dir1-00" in table.stdout
     records = [
         json.loads(line)
-        for line in served.cli(
-            "ls",
-            f"ws:{served.ws}/root",
-            "-r",
-            "--json",
-            "--token",
-            DEFAULT_TOKEN,
-            "--api-base",
-            served.server.api_base,
-        ).stdout.splitlines()
+        for line in served.cli("ls", f"ws:{served.ws}/root", "-r", "--json").stdout.splitlines()
     ]
     assert sum(r["type"] == "file" for r in records) == 12
     assert all(r["hash"] for r in records if r["type"] == "file")
-    manifest = served.cli(
-        "ls",
-        f"ws:{served.ws}/root",
-        "-r",
-        "--manifest",
-        "--token",
-        DEFAULT_TOKEN,
-        "--api-base",
-        served.server.api_base,
-    ).stdout
+    manifest = served.cli("ls", f"ws:{served.ws}/root", "-r", "--manifest").stdout
     path = tmp_path / "m.txt"
     path.write_text(manifest)
     assert served.cli("sync", str(path), "-d", str(tmp_path / "d")).exit_code == 0
-    got = {k: v for k, v in tree_digests(tmp_path / "d").items() if not k.startswith(".fastio-dl")}
-    assert got == served.expected()
+    assert files_only(tmp_path / "d") == served.expected()
 
 
 # ----------------------------------------------------------------------------- verify
@@ -230,10 +209,26 @@ def test_shards_split_the_work_without_overlap(make_served, tmp_path: Path) -> N
     assert served.cli("get", f"ws:{served.ws}/root", "--shard", "3/3").exit_code == 2
 
 
-def test_shard_is_stable() -> None:
+def test_shard_is_stable_and_balanced() -> None:
     ids = [hashlib.sha1(str(i).encode()).hexdigest()[:29] for i in range(200)]
-    counts = [sum(in_shard(i, (k, 4)) for i in ids) for k in range(4)]
-    assert sum(counts) == 200 and min(counts) > 25
+    mine = [next(k for k in range(4) if in_shard(i, (k, 4))) for i in ids]
+    assert all(sum(in_shard(i, (k, 4)) for k in range(4)) == 1 for i in ids)  # one shard each
+    assert min(mine.count(k) for k in range(4)) > 25
+    # Another host: another process, another string hash seed; the same split.
+    probe = (
+        "import sys; from fastio_dl.policy import in_shard\n"
+        "for i in sys.stdin.read().split(): print(next(k for k in range(4) if in_shard(i, (k, 4))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        input="\n".join(ids),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
+    assert [int(k) for k in done.stdout.split()] == mine
 
 
 # ----------------------------------------------------------------------------- habits

@@ -18,20 +18,10 @@ from fastio_dl.emulator import (
     Switches,
     generate,
 )
-from tests.conftest import Served, tree_digests
+from tests.conftest import Served, files_only, write_manifest
 
 READABLE_SHAPES = ("choice", "array", "items", "files", "wrapped", "id_keyed")
 DOUBTFUL_SHAPES = ("unknown_key", "cursor_elsewhere", "has_more_no_cursor")
-
-
-def files_only(root: Path) -> dict[str, str]:
-    return {k: v for k, v in tree_digests(root).items() if not k.startswith(".fastio-dl/")}
-
-
-def manifest(tmp_path: Path, lines: list[str]) -> Path:
-    path = tmp_path / "m.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def test_every_shape_is_classified() -> None:
@@ -95,7 +85,7 @@ def test_sync_delete_under_every_list_shape_keeps_every_local_file(
 ) -> None:
     dest = tmp_path / "dest"
     lines = [f"ws:{small_pages.ws}/root"]
-    first = small_pages.cli("sync", str(manifest(tmp_path, lines)), "-d", str(dest))
+    first = small_pages.cli("sync", str(write_manifest(tmp_path / "m.txt", lines)), "-d", str(dest))
     assert first.exit_code == 0, first.stderr
     before = files_only(dest)
     assert before == small_pages.expected()
@@ -148,9 +138,14 @@ def test_delete_guard_refuses_a_mass_deletion_and_max_delete_lifts_it(
     nodes = list(served.space.files())
     dest = tmp_path / "dest"
     all_lines = [f"ws:{served.ws}/{n.id}" for n in nodes]
-    assert served.cli("sync", str(manifest(tmp_path, all_lines)), "-d", str(dest)).exit_code == 0
+    assert (
+        served.cli(
+            "sync", str(write_manifest(tmp_path / "m.txt", all_lines)), "-d", str(dest)
+        ).exit_code
+        == 0
+    )
     # 13 of 24 tracked files would go: more than half and more than 10.
-    m = manifest(tmp_path, all_lines[:11])
+    m = write_manifest(tmp_path / "m.txt", all_lines[:11])
     refused = served.cli("sync", str(m), "-d", str(dest), "--delete")
     assert refused.exit_code == 1
     assert "13 of 24 tracked files would be deleted" in refused.stderr
@@ -180,16 +175,23 @@ def test_delete_guard_lets_small_deletions_through(make_served, tmp_path: Path) 
     )
     lines = [f"ws:{served.ws}/{n.id}" for n in served.space.files()]
     dest = tmp_path / "dest"
-    assert served.cli("sync", str(manifest(tmp_path, lines)), "-d", str(dest)).exit_code == 0
+    assert (
+        served.cli(
+            "sync", str(write_manifest(tmp_path / "m.txt", lines)), "-d", str(dest)
+        ).exit_code
+        == 0
+    )
     # 10 of 12: more than half, but not more than 10.
-    result = served.cli("sync", str(manifest(tmp_path, lines[:2])), "-d", str(dest), "--delete")
+    result = served.cli(
+        "sync", str(write_manifest(tmp_path / "m.txt", lines[:2])), "-d", str(dest), "--delete"
+    )
     assert result.exit_code == 0, result.stderr
     assert len(files_only(dest)) == 2
 
 
 @pytest.mark.parametrize("bad", ["many", "-1", "150%", "x%"])
 def test_max_delete_takes_a_count_or_a_percentage(served: Served, tmp_path: Path, bad: str) -> None:
-    m = manifest(tmp_path, [f"ws:{served.ws}/root"])
+    m = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
     result = served.cli("sync", str(m), "-d", str(tmp_path / "d"), "--delete", "--max-delete", bad)
     assert result.exit_code == 2
     assert "--max-delete takes a count like 50 or a percentage like 25%" in result.stderr
@@ -198,7 +200,7 @@ def test_max_delete_takes_a_count_or_a_percentage(served: Served, tmp_path: Path
 def test_sync_delete_deletes_nothing_when_a_workspace_refuses(make_served, tmp_path: Path) -> None:
     served: Served = make_served(DatasetSpec(files=8, depth=0, notes=0, links=0, max_size=100))
     dest = tmp_path / "dest"
-    m = manifest(tmp_path, [f"ws:{served.ws}/root"])
+    m = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
     assert served.cli("sync", str(m), "-d", str(dest)).exit_code == 0
     served.emulator.switches.refusals = [Refusal(401, 10545, "Not a member", space=served.ws)]
     result = served.cli("sync", str(m), "-d", str(dest), "--delete", "--max-delete", "100%")

@@ -82,6 +82,21 @@ def aria_input(urls: list[tuple[str, str]], out: Path) -> Path:
     return listing
 
 
+def curl_parallel(curl: str, flags: str, urls: list[tuple[str, str]], out: Path) -> Run:
+    """curl fetching every URL into ``out``, 16 at a time."""
+    config = curl_config(urls, out)
+    return run_measured(
+        "curl", [curl, flags, "--parallel", "--parallel-max", "16", "-K", str(config)]
+    )
+
+
+def aria_parallel(aria: str, urls: list[tuple[str, str]], out: Path) -> Run:
+    """aria2c fetching every URL into ``out``, 16 at a time."""
+    listing = aria_input(urls, out)
+    argv = [aria, "-q", "-j", "16", "-d", str(out), "-i", str(listing)]
+    return run_measured("aria2c", [*argv, "--allow-overwrite=true", "--auto-file-renaming=false"])
+
+
 def alternate(
     rounds: int, tools: dict[str, Any], emulator: EmulatorProcess | None = None
 ) -> dict[str, list[Run]]:
@@ -144,37 +159,10 @@ def b1(tmp: Path, rounds: int) -> list[dict[str, Any]]:
             )
 
         def run_curl() -> Run:
-            out = fresh_dir(tmp / "c")
-            return run_measured(
-                "curl",
-                [
-                    curl,
-                    "-sf",
-                    "--parallel",
-                    "--parallel-max",
-                    "16",
-                    "-K",
-                    str(curl_config(urls, out)),
-                ],
-            )
+            return curl_parallel(curl, "-sf", urls, fresh_dir(tmp / "c"))
 
         def run_aria() -> Run:
-            out = fresh_dir(tmp / "a")
-            return run_measured(
-                "aria2c",
-                [
-                    aria,
-                    "-q",
-                    "-j",
-                    "16",
-                    "-d",
-                    str(out),
-                    "-i",
-                    str(aria_input(urls, out)),
-                    "--allow-overwrite=true",
-                    "--auto-file-renaming=false",
-                ],
-            )
+            return aria_parallel(aria, urls, fresh_dir(tmp / "a"))
 
         return row(
             "B1 2000 x 64 KiB, 20 ms",
@@ -528,29 +516,10 @@ def b7(tmp: Path, rounds: int, files: int = 5000) -> list[dict[str, Any]]:
             return run_measured("fastio-dl", fastio_get(emu, fresh_dir(tmp / "f"), "-j", "16"))
 
         def run_curl() -> Run:
-            out = fresh_dir(tmp / "c")
-            config = curl_config(urls, out)
-            return run_measured(
-                "curl", [curl, "-sfL", "--parallel", "--parallel-max", "16", "-K", str(config)]
-            )
+            return curl_parallel(curl, "-sfL", urls, fresh_dir(tmp / "c"))
 
         def run_aria() -> Run:
-            out = fresh_dir(tmp / "a")
-            return run_measured(
-                "aria2c",
-                [
-                    aria,
-                    "-q",
-                    "-j",
-                    "16",
-                    "-d",
-                    str(out),
-                    "-i",
-                    str(aria_input(urls, out)),
-                    "--allow-overwrite=true",
-                    "--auto-file-renaming=false",
-                ],
-            )
+            return aria_parallel(aria, urls, fresh_dir(tmp / "a"))
 
         runs = alternate(rounds, {"fastio-dl": ours, "curl": run_curl, "aria2c": run_aria}, emu)
         rows = row(f"B7 {files} x 64 KiB via nginx, -j 16", runs)
