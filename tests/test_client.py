@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -246,13 +247,16 @@ async def test_a_refusal_under_200_is_never_retried(script: Script, result: obje
     assert not info.value.retryable
 
 
-async def test_a_429_holds_every_api_caller(script: Script) -> None:
+def limited_then_a_token(script: Script) -> AbstractAsyncContextManager[FastioClient]:
+    """A 429 that asks for 0.4 s, then read tokens; a client that honours waits up to 5 s."""
     limited = {"result": False, "error": {"code": 145858, "params": {"retry_after_seconds": 0.4}}}
     script.get(status=429, payload=limited)
     script.get(payload={"result": True, "token": "rt.1"})
-    async with FastioClient.open(
-        settings(script.base, max_retry_wait=5.0), max_connections=4
-    ) as client:
+    return FastioClient.open(settings(script.base, max_retry_wait=5.0), max_connections=4)
+
+
+async def test_a_429_holds_every_api_caller(script: Script) -> None:
+    async with limited_then_a_token(script) as client:
         held = asyncio.Event()
         hold = client.gate.hold
 
@@ -269,6 +273,19 @@ async def test_a_429_holds_every_api_caller(script: Script) -> None:
     arrivals = script.arrivals
     assert len(arrivals) == 3
     assert arrivals[1] - arrivals[0] >= 0.35 and arrivals[2] - arrivals[0] >= 0.35
+
+
+async def test_a_429_on_a_read_holds_api_callers_too(script: Script) -> None:
+    """Reads may count against the API's window: a read's 429 is waited out by API calls too,
+    and the read's own retry gets the same wait."""
+    async with limited_then_a_token(script) as client:
+        with pytest.raises(ApiError) as info:
+            async with client.open_read("workspace", WS, A, token=None, start=10, end=20):
+                pass
+        assert info.value.status == 429 and info.value.wait_hint == pytest.approx(0.4)
+        assert await client.request_read("workspace", WS, B) == "rt.1"
+    assert "/read/" in script.paths[0]
+    assert script.arrivals[1] - script.arrivals[0] >= 0.35
 
 
 async def test_no_requests_left_in_the_window_holds_new_calls(script: Script) -> None:

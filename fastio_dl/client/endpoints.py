@@ -242,6 +242,10 @@ class FastioClient(ApiSession):
                 )
                 if response.status == 401 and not token and not fileshare:
                     await self.auth.after_401(bearer, error)  # a dead API token stops the run
+                if response.status == 429 and isinstance(error, ApiError):
+                    # Reads may count against the API's window: API callers wait this one out
+                    # too; the read's own retry waits for its hint.
+                    self.gate.hold(min(self._settings.max_retry_wait, error.wait_hint or 0.0))
                 raise error
             yield ReadStream(response, self._settings.stall_timeout)
         finally:

@@ -168,7 +168,8 @@ class Emulator:
         self.read_tokens: dict[str, tuple[str, str, str, float]] = {}
         self.counters: Counter[str] = Counter()
         self.rng = random.Random(self.switches.seed)
-        self.requests: list[dict[str, Any]] = []  # (endpoint, headers) of the last requests
+        #: endpoint, path, headers and arrival (time.monotonic()) of the first requests
+        self.requests: list[dict[str, Any]] = []
         # One record per read and requestread: what the client asked for (version_id, encoding).
         self.reads: list[dict[str, Any]] = []
         self._window_end = 0.0  # the rate window's reset (time.time())
@@ -265,7 +266,12 @@ class Emulator:
         self.counters["requests"] += 1
         if len(self.requests) < 10_000:
             self.requests.append(
-                {"endpoint": endpoint, "path": request.path, "headers": dict(request.headers)}
+                {
+                    "endpoint": endpoint,
+                    "path": request.path,
+                    "headers": dict(request.headers),
+                    "at": time.monotonic(),
+                }
             )
         if endpoint in ("read", "requestread") and len(self.reads) < 200_000:
             self.reads.append(
@@ -727,6 +733,7 @@ class Emulator:
                     return _abort(request, response)
                 if stall is not None and sent == stall.after_bytes:
                     await asyncio.sleep(stall.seconds)
+                    began += stall.seconds  # the cap goes on after the pause: no burst
                     stall = None
             if long_length:
                 return _abort(request, response)
