@@ -8,8 +8,9 @@ a file, what is flushed at an interruption) go through the ordinary descriptor. 
 system refuses ``O_DIRECT`` (at open or at the first write), everything goes through the
 ordinary descriptor, as before.
 
-:class:`StreamWriter` carries one in-order stream (and its hash); :class:`PieceBuffer` holds one
-piece of a segmented download. Buffers come from a run's :class:`BufferPool`: on some machines
+:class:`StreamWriter` carries one in-order stream (and its hash); :class:`PieceBuffer` holds the
+next bytes of one connection of a segmented download, and :class:`BackReader` reads that file
+back in order for its hash. Buffers come from a run's :class:`BufferPool`: on some machines
 touching fresh memory costs more than the copy into it.
 """
 
@@ -22,12 +23,16 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
+
+from fastio_dl.errors import IntegrityError
 
 T = TypeVar("T")
 
 ALIGN = 4096  # the strictest usual O_DIRECT alignment (4Kn devices); 512-byte ones accept it
 CAPACITY = 5 * 1024 * 1024  # one write batch (4 MiB and a network chunk) fits in one buffer
+READ_BLOCK = 4 * 1024 * 1024  # what BackReader reads at a time
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 POOL_BYTES = 64 * 1024 * 1024  # kept between uses, at most, over all sizes
@@ -208,7 +213,7 @@ class PieceBuffer(_Held):
         self.got = 0
         self.written = 0
 
-    def put(self, chunk: bytes) -> None:
+    def put(self, chunk: bytes | memoryview) -> None:
         at = self.lead + self.got
         self.view[at : at + len(chunk)] = chunk
         self.got += len(chunk)
@@ -356,3 +361,93 @@ async def _all_of(jobs: list[asyncio.Future[None]]) -> None:
     await asyncio.wait(jobs)
     for job in jobs:
         job.result()
+
+
+class BackReader:
+    """Feeds a file's bytes to a hash in file order, as far as it is told they are written:
+    read into two buffers in turn (one is read while the other is hashed), with O_DIRECT where
+    the file system takes it (no page cache is filled or evicted), else through the cache,
+    dropped after. A segmented download's hash, behind connections writing far apart."""
+
+    def __init__(self, path: Path, pool: BufferPool) -> None:
+        self.path = path
+        self.hashed = 0  # bytes from zero fed to the hash
+        self._pool = pool
+        self._buffers = [pool.take(READ_BLOCK), pool.take(READ_BLOCK)]
+        self._views = [memoryview(b) for b in self._buffers]
+        self._fd: int | None = None
+        self._direct = bool(O_DIRECT)  # until the file system refuses it
+
+    def close(self) -> None:
+        for view in self._views:
+            view.release()
+        for buffer in self._buffers:
+            self._pool.give_back(buffer)
+        self._views, self._buffers = [], []
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    async def advance(self, hasher: Any, stop: int) -> None:
+        """Feed bytes ``[hashed, stop)`` to ``hasher``."""
+        if stop <= self.hashed:
+            return
+        at, which = self.hashed, 0
+        pending: asyncio.Future[memoryview] | None = asyncio.ensure_future(
+            asyncio.to_thread(self._read, which, at, stop)
+        )
+        try:
+            while pending is not None:
+                data = await settled(pending)
+                pending = None
+                if at + len(data) < stop:
+                    which ^= 1
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(self._read, which, at + len(data), stop)
+                    )
+                await in_thread(hasher.update, data)
+                at = self.hashed = at + len(data)
+                data.release()
+        finally:
+            if pending is not None:
+                await asyncio.wait([pending])  # a buffer is not given back while being read
+
+    def _open(self) -> int:
+        if self._fd is None:
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+            if self._direct:
+                try:
+                    self._fd = os.open(self.path, flags | O_DIRECT)
+                except OSError:
+                    self._direct = False  # EINVAL: this file system does not do O_DIRECT
+            if self._fd is None:
+                self._fd = os.open(self.path, flags)
+        return self._fd
+
+    def _read(self, which: int, at: int, stop: int) -> memoryview:
+        """Up to READ_BLOCK bytes from ``at`` (before ``stop``), in a worker thread."""
+        fd = self._open()
+        base = at - at % ALIGN if self._direct else at
+        want = min(READ_BLOCK, stop - base)
+        if self._direct:
+            want = -(-want // ALIGN) * ALIGN  # whole blocks (the last may end past the file)
+        view = self._views[which][:want]
+        try:
+            got = os.preadv(fd, [view], base)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self._direct:
+                raise
+            # This file system takes O_DIRECT at open but not these reads: read through the cache.
+            os.close(fd)
+            self._fd, self._direct = None, False
+            view.release()
+            return self._read(which, at, stop)
+        finally:
+            view.release()
+        end = min(stop, base + want)
+        if got < end - base:
+            raise IntegrityError(f"{self.path.name} is shorter than expected")
+        if not self._direct and FADV_DONTNEED is not None:
+            os.posix_fadvise(fd, base, got, FADV_DONTNEED)
+        return self._views[which][at - base : end - base]

@@ -13,21 +13,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fastio_dl.blockio import (
-    FADV_DONTNEED,
-    BufferPool,
-    DirectFile,
-    PieceBuffer,
-    StreamWriter,
-    in_thread,
-)
+from fastio_dl.blockio import BufferPool, DirectFile, PieceBuffer, StreamWriter, in_thread
 from fastio_dl.errors import DiskSpaceError, IntegrityError, WriteError, human_bytes
-from fastio_dl.hashing import HASH_BLOCK, digest_of, hash_file, new_hasher
+from fastio_dl.hashing import digest_of, hash_file, new_hasher
 from fastio_dl.models import PART_SUFFIX, SIDECAR_SUFFIX
 
 DISK_MARGIN = 1024 * 1024
@@ -553,43 +546,11 @@ class PartFile:
         self._handed_over = (size, hasher)
 
     async def write_piece(self, piece: PieceBuffer, *, tail: bool) -> None:
-        """Write a segment piece's bytes not on disk yet: whole blocks, or all with ``tail``."""
+        """Write a segment buffer's bytes not on disk yet: whole blocks, or all with ``tail``."""
         file = self._file
         if file is None:
             raise WriteError(f"{self.path} is closed")
         await self._mapped(in_thread(piece.write_out, file, tail=tail))
-
-    async def read_piece(self, piece: PieceBuffer, count: int) -> None:
-        """Load the first ``count`` bytes of a piece that an earlier run left on disk."""
-
-        def read() -> None:
-            for block in self._blocks(piece.start, piece.start + count, HASH_BLOCK):
-                piece.put(block)
-            piece.written = piece.got
-
-        await in_thread(read)
-
-    def hash_range(self, hasher: Any, start: int, end: int) -> None:
-        """Feed bytes ``[start, end)`` of the part file to ``hasher``: pieces that an earlier
-        run finished, read back from disk (and not kept in the user's cache: read once)."""
-        for block in self._blocks(start, end, HASH_BLOCK * 4, drop_cache=True):
-            hasher.update(block)
-
-    def _blocks(
-        self, start: int, end: int, size: int, *, drop_cache: bool = False
-    ) -> Iterator[bytes]:
-        """Bytes ``[start, end)`` of the part file, ``size`` at a time (in a worker thread)."""
-        with open(self.path, "rb", buffering=0) as handle:
-            handle.seek(start)
-            at = start
-            while at < end:
-                block = handle.read(min(size, end - at))
-                if not block:
-                    raise IntegrityError(f"{self.path.name} is shorter than expected")
-                yield block
-                at += len(block)
-            if drop_cache and FADV_DONTNEED is not None:
-                os.posix_fadvise(handle.fileno(), start, end - start, FADV_DONTNEED)
 
     def set_result(self, size: int, hasher: Any) -> None:
         """Record what a segmented download verified, for verify() and commit()."""

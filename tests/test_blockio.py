@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import hashlib
 import mmap
 import os
@@ -293,3 +294,46 @@ def test_a_write_cancelled_mid_way_leaves_exactly_the_bytes_taken(
     assert 0 < taken < len(data)
     assert path.read_bytes() == data[:taken]
     assert hasher.hexdigest() == hashlib.sha256(data[:taken]).hexdigest()
+
+
+def _takes_direct_reads(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | blockio.O_DIRECT) if blockio.O_DIRECT else None
+    except OSError:
+        return False
+    if fd is not None:
+        os.close(fd)
+    return fd is not None
+
+
+@pytest.mark.parametrize("how", ["o_direct", "page-cache", "o_direct-refused-at-read"])
+async def test_the_hash_reads_back_in_order_to_any_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    data = random.Random(3).randbytes(9 * 1024 * 1024 + 4321)
+    path = tmp_path / "f.part"
+    path.write_bytes(data)
+    direct = how == "o_direct" and _takes_direct_reads(path)
+    if how == "page-cache":
+        monkeypatch.setattr(blockio, "O_DIRECT", 0)
+    elif how == "o_direct-refused-at-read":
+        if not _takes_direct_reads(path):
+            pytest.skip("this file system refuses O_DIRECT at open already")
+        real = os.preadv
+
+        def refuse_direct(fd: int, buffers: list[memoryview], at: int) -> int:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & blockio.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real(fd, buffers, at)
+
+        monkeypatch.setattr(os, "preadv", refuse_direct)
+    reader = blockio.BackReader(path, BufferPool())
+    hasher = hashlib.sha256()
+    try:
+        for stop in (1, 4095, 4097, 5 * 1024 * 1024 + 3, 9 * 1024 * 1024, len(data)):
+            await reader.advance(hasher, stop)
+            assert reader.hashed == stop
+            assert hasher.copy().hexdigest() == hashlib.sha256(data[:stop]).hexdigest()
+        assert reader._direct is direct
+    finally:
+        reader.close()
