@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 ALIGN = 4096  # the strictest usual O_DIRECT alignment (4Kn devices); 512-byte ones accept it
 CAPACITY = 5 * 1024 * 1024  # one write batch (4 MiB and a network chunk) fits in one buffer
-READ_BLOCK = 4 * 1024 * 1024  # what BackReader reads at a time
+READ_BLOCK = 2 * 1024 * 1024  # what BackReader reads at a time
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 POOL_BYTES = 64 * 1024 * 1024  # kept between uses, at most, over all sizes
