@@ -40,9 +40,8 @@ class Kind(enum.Enum):
 
     @property
     def status(self) -> FileStatus:
-        if self in _DOWNLOADED:
-            return "downloaded"
-        return "failed" if self in _FAILED else "skipped"
+        # By value: an Enum member hashes in Python, a str's hash is cached (asked per file).
+        return _STATUS[self._value_]
 
     @property
     def is_dry_run(self) -> bool:
@@ -61,6 +60,10 @@ _FAILED = frozenset(
         Kind.INTERNAL,
     }
 )
+_STATUS: dict[str, FileStatus] = {
+    kind.value: "downloaded" if kind in _DOWNLOADED else "failed" if kind in _FAILED else "skipped"
+    for kind in Kind
+}
 
 
 @dataclass(frozen=True, slots=True)

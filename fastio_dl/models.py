@@ -61,8 +61,9 @@ class Target:
     line: int | None = None  # manifest line, for --failed-manifest and messages
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteFile:
+class RemoteFile(NamedTuple):
+    """What the transfer needs of a remote file (a NamedTuple: one per file, made quickly)."""
+
     context: str
     context_id: str
     node_id: str
@@ -83,12 +84,13 @@ class RemoteFile:
 
 @dataclass(slots=True)
 class PlanItem:
-    """A file to download: what it is remotely and where it goes (relative to the destination);
-    ``key`` tells its events apart (numbered by the planner)."""
+    """A file to download: what it is remotely and where it goes (relative to the destination,
+    components joined by ``/`` as the sync state keys them); ``key`` tells its events apart
+    (numbered by the planner)."""
 
     target: Target
     remote: RemoteFile
-    relpath: Path
+    relpath: str
     key: int = 0
     content: bytes | None = None  # a note's text, read before the local decision
 
@@ -97,7 +99,7 @@ class PlanItem:
 class PlanSkip:
     target: Target
     node_id: str
-    relpath: Path
+    relpath: str
     kind: Kind
     reason: str
 
@@ -106,7 +108,7 @@ class PlanSkip:
 class PlanFailure:
     target: Target
     node_id: str
-    relpath: Path | None
+    relpath: str | None
     error: str
 
 

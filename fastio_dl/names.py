@@ -28,8 +28,13 @@ SafeName = NewType("SafeName", str)
 
 def safe_name(name: str) -> SafeName:
     """Map any remote name to a deterministic local name that cannot leave its directory."""
-    value = unicodedata.normalize("NFC", name)
-    value = "".join("_" if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in value)
+    if name.isascii() and name.isprintable() and "/" not in name and "\\" not in name:
+        value = name  # the usual name: NFC leaves ASCII alone and there is nothing to replace
+    else:
+        value = unicodedata.normalize("NFC", name)
+        value = "".join(
+            "_" if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in value
+        )
     # Trailing dots and spaces vanish on Windows and make two names one; leading/trailing
     # whitespace is invisible in listings.
     if os.name == "nt":
@@ -62,9 +67,18 @@ def _fit(value: str, original: str) -> str:
     return head + tail
 
 
-def safe_relpath(parts: list[str]) -> Path:
-    """Join sanitised components into a relative path (each one via :func:`safe_name`)."""
-    return Path(*[safe_name(p) for p in parts]) if parts else Path()
+def safe_child(base: str, name: str) -> str:
+    """The relative path of ``name`` (via :func:`safe_name`) in the relative directory ``base``
+    ("" for the top), joined by ``/``: plan entries and the sync state spell paths so."""
+    return f"{base}/{safe_name(name)}" if base else safe_name(name)
+
+
+def safe_relpath(parts: list[str]) -> str:
+    """Sanitised components (each one via :func:`safe_name`) joined into a relative path."""
+    path = ""
+    for part in parts:
+        path = safe_child(path, part)
+    return path
 
 
 def ensure_inside(dest: Path, path: Path) -> Path:
@@ -87,11 +101,10 @@ class PathGuard:
         self.dest = dest
         self._checked: set[str] = set()
 
-    def check(self, path: Path) -> Path:
+    def check(self, path: str | os.PathLike[str]) -> None:
         # The file itself is never written through: parts are opened with O_NOFOLLOW and the
         # final name is only ever the target of a rename, which replaces a link, not its target.
-        parent = str(path.parent)
+        parent = os.path.dirname(path)
         if parent not in self._checked:
-            ensure_inside(self.dest, path.parent)
+            ensure_inside(self.dest, Path(parent))
             self._checked.add(parent)
-        return path

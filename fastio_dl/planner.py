@@ -7,8 +7,7 @@ listings and bulk details overlap the transfers instead of preceding them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from fastio_dl.models import (
     RemoteFile,
     Target,
 )
-from fastio_dl.names import safe_name, safe_relpath
+from fastio_dl.names import safe_child, safe_name
 from fastio_dl.state import Claims
 
 LIST_CONCURRENCY = 4
@@ -47,6 +46,19 @@ def remote_file(context: str, context_id: str, node: Node) -> RemoteFile:
     )
 
 
+def _owner(remote: RemoteFile) -> tuple[str, str]:
+    """Who claims a local path: the context and the node (an earlier version of a file is
+    another file: asked for beside the current one, both may not land on one path)."""
+    node_key = f"{remote.node_id}@{remote.version}" if remote.pinned else remote.node_id
+    return (remote.context_id, node_key)
+
+
+def _relpath(dest: Path) -> str:
+    """A manifest DEST as plan entries spell relative paths."""
+    text = dest.as_posix()
+    return "" if text == "." else text
+
+
 def note_file_name(name: str) -> str:
     """A note is saved as ``NAME.md`` (a name already ending in ``.md`` stays as it is)."""
     return name if name.lower().endswith(".md") else f"{name}.md"
@@ -61,6 +73,9 @@ class Planner:
     # files would otherwise cost hundreds of MB here).
     claimed: Claims = field(default_factory=Claims)
     done: set[int] = field(default_factory=set)  # id() of each target planned completely
+    # Told of a page's files (claimed, numbered) before they are queued: the sync policy looks
+    # up their records in one query instead of one per file.
+    lookahead: Callable[[list[PlanItem]], None] | None = None
     _next_key: int = 0
     _details_gate: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(DETAILS_CONCURRENCY)
@@ -97,14 +112,28 @@ class Planner:
         await job
         self.done.update(map(id, targets))
 
+    async def _emit_all(self, entries: list[PlanEntry]) -> None:
+        """Queue a page's entries in order. Their files are claimed at once when none of their
+        paths is taken, not even in another case (the usual case); else one by one."""
+        items = [e for e in entries if isinstance(e, PlanItem)]
+        if len(items) < 2 or not self.claimed.claim_all(
+            [(i.relpath, _owner(i.remote)) for i in items]
+        ):
+            for entry in entries:
+                await self._emit(entry)
+            return
+        for item in items:
+            self._next_key += 1
+            item.key = self._next_key
+        if self.lookahead is not None:
+            self.lookahead(items)
+        for entry in entries:
+            await self.out.put(entry)
+
     async def _emit(self, entry: PlanEntry) -> None:
         if isinstance(entry, PlanItem):
-            path_key = entry.relpath.as_posix()
-            remote = entry.remote
-            # An earlier version of a file is another file: asked for beside the current one,
-            # both may not land on one path.
-            node_key = f"{remote.node_id}@{remote.version}" if remote.pinned else remote.node_id
-            owner = (remote.context_id, node_key)
+            path_key = entry.relpath
+            owner = _owner(entry.remote)
             # The usual case first: a path nobody claimed yet, not even in another case.
             if not self.claimed.claim(path_key, owner) and not await self._claim_contended(
                 entry, path_key, owner
@@ -126,8 +155,7 @@ class Planner:
         if other is None or sanitised:
             # Different remote names that became one local name (by case or by sanitising)
             # are told apart deterministically; identical remote names are a real collision.
-            entry.relpath = self._disambiguate(entry.relpath, entry.remote.node_id)
-            path_key = entry.relpath.as_posix()
+            entry.relpath = path_key = self._disambiguate(entry.relpath, entry.remote.node_id)
             if self.claimed.claim(path_key, owner):
                 return True
             held = self.claimed.holder(path_key)
@@ -145,16 +173,16 @@ class Planner:
         )
         return False
 
-    def _disambiguate(self, relpath: Path, node_id: str) -> Path:
+    def _disambiguate(self, relpath: str, node_id: str) -> str:
         """Names differing only in case would be one file on macOS/Windows: give the later one
         a deterministic suffix from its node id."""
-        if self.claimed.holder(relpath.as_posix()) is None:
+        if self.claimed.holder(relpath) is None:
             return relpath
-        name = relpath.name
+        base, _, name = relpath.rpartition("/")
         stem, dot, ext = name.rpartition(".")
         suffix = f"~{node_id[:8]}"
         renamed = f"{stem}{suffix}.{ext}" if dot and stem else f"{name}{suffix}"
-        return relpath.with_name(safe_name(renamed))
+        return safe_child(base, renamed)
 
     async def _resolve(self, context: str, context_id: str, group: list[Target]) -> None:
         async with self._details_gate:
@@ -190,10 +218,10 @@ class Planner:
                         )
                     )
                     continue
-                base = target.dest if target.dest is not None else Path(safe_name(name))
+                base = _relpath(target.dest) if target.dest is not None else safe_name(name)
                 jobs.append(self._walk(target, context, context_id, target.ref.node, base))
             else:
-                relpath = target.dest if target.dest is not None else Path(safe_name(name))
+                relpath = _relpath(target.dest) if target.dest is not None else safe_name(name)
                 await self._file_entry(target, context, context_id, node, relpath, named=True)
         await _gather_all(jobs)
 
@@ -207,7 +235,7 @@ class Planner:
             await self._emit(PlanFailure(target, target.ref.context_id, None, describe(exc)))
             return
         name = node.name or target.ref.context_id
-        relpath = target.dest if target.dest is not None else Path(safe_name(name))
+        relpath = _relpath(target.dest) if target.dest is not None else safe_name(name)
         await self._file_entry(
             target, "fileshare", target.ref.context_id, node, relpath, named=True
         )
@@ -218,41 +246,49 @@ class Planner:
         context: str,
         context_id: str,
         node: Node,
-        relpath: Path,
+        relpath: str,
         *,
         named: bool = False,
     ) -> None:
         """``named``: the reference names this node itself (not a folder holding it)."""
+        if node.kind == "file" and target.ref.version and named:
+            await self._versioned(target, context, context_id, node, relpath)
+        else:
+            await self._emit(self._entry(target, context, context_id, node, relpath, named=named))
+
+    def _entry(
+        self,
+        target: Target,
+        context: str,
+        context_id: str,
+        node: Node,
+        relpath: str,
+        *,
+        named: bool = False,
+    ) -> PlanEntry:
+        """A node's plan entry (not a file version asked for by name: see ``_versioned``)."""
         kind = node.kind
-        node_id = node.id
+        if kind == "file":
+            remote = remote_file(context, context_id, node)
+            if remote.size < 0:
+                return PlanFailure(target, node.id, relpath, "the API gave no size for this file")
+            return PlanItem(target, remote, relpath)
         if kind == "note" and (self.notes or named):
             # A note asked for by name is wanted even without --notes.
             if target.dest is None or not named:
-                relpath = relpath.with_name(safe_name(note_file_name(relpath.name)))
+                base, _, name = relpath.rpartition("/")
+                relpath = safe_child(base, note_file_name(name))
             remote = remote_file(context, context_id, node)
-            remote = dataclasses.replace(remote, kind="note", size=0, hash=None, hash_algo=None)
+            remote = remote._replace(kind="note", size=0, hash=None, hash_algo=None)
             if target.ref.version and named:
-                remote = dataclasses.replace(remote, version=target.ref.version, pinned=True)
-            await self._emit(PlanItem(target, remote, relpath))
-        elif kind in ("note", "link"):
+                remote = remote._replace(version=target.ref.version, pinned=True)
+            return PlanItem(target, remote, relpath)
+        if kind in ("note", "link"):
             why = "note (saved only with --notes)" if kind == "note" else "link (no bytes)"
-            await self._emit(PlanSkip(target, node_id, relpath, Kind.NO_BYTES, why))
-        elif kind != "file":
-            await self._emit(
-                PlanSkip(
-                    target, node_id, relpath, Kind.UNSUPPORTED, f"unsupported node type {kind!r}"
-                )
-            )
-        elif target.ref.version and named:
-            await self._versioned(target, context, context_id, node, relpath)
-        else:
-            remote = remote_file(context, context_id, node)
-            if remote.size < 0:
-                await self._emit(
-                    PlanFailure(target, node_id, relpath, "the API gave no size for this file")
-                )
-            else:
-                await self._emit(PlanItem(target, remote, relpath))
+            return PlanSkip(target, node.id, relpath, Kind.NO_BYTES, why)
+        return PlanSkip(
+            target, node.id, relpath, Kind.UNSUPPORTED, f"unsupported node type {kind!r}"
+        )
 
     async def _versioned(
         self,
@@ -260,7 +296,7 @@ class Planner:
         context: str,
         context_id: str,
         node: Node,
-        relpath: Path,
+        relpath: str,
     ) -> None:
         """``REF@VERSION``: that version's own size and hash, read with its ``version_id``."""
         wanted = target.ref.version
@@ -291,8 +327,7 @@ class Planner:
                 PlanFailure(target, current.node_id, relpath, f"version {wanted} has no size")
             )
             return
-        remote = dataclasses.replace(
-            current,
+        remote = current._replace(
             size=version.size,
             hash=version.hash,
             hash_algo=version.hash_algo or current.hash_algo,
@@ -302,30 +337,38 @@ class Planner:
         await self._emit(PlanItem(target, remote, relpath))
 
     async def _walk_root(self, target: Target) -> None:
-        base = target.dest if target.dest is not None else Path()
+        base = _relpath(target.dest) if target.dest is not None else ""
         await self._walk(target, target.ref.context, target.ref.context_id, target.ref.node, base)
 
     async def _walk(
-        self, target: Target, context: str, context_id: str, folder: str, base: Path
+        self, target: Target, context: str, context_id: str, folder: str, base: str
     ) -> None:
-        subfolders: list[tuple[str, Path]] = []
+        subfolders: list[tuple[str, str]] = []
         try:
             async with self._list_gate:
                 async for page in self.client.list_folder(context, context_id, folder):
                     incomplete: list[Node] = []
-                    for child in page:
-                        kind = child.kind
-                        relpath = base / safe_relpath([child.name or child.id or "unnamed"])
-                        if kind == "folder":
-                            subfolders.append((child.id, relpath))
-                        elif kind == "file" and not child.complete:
-                            incomplete.append(child)
-                        else:
-                            await self._file_entry(target, context, context_id, child, relpath)
-                            if self._next_key <= HEAD_START:
-                                # Planning a page of 500 takes milliseconds: the run's first
-                                # files go to the download slots at once, not after the page.
-                                await asyncio.sleep(0)
+                    done = 0
+                    while done < len(page):
+                        # The run's first files go to the download slots one by one as they
+                        # are planned, not after their page; then a page goes at once.
+                        first = self._next_key < HEAD_START
+                        children = page[done : done + 1] if first else page[done:]
+                        done += len(children)
+                        entries: list[PlanEntry] = []
+                        for child in children:
+                            relpath = safe_child(base, child.name or child.id or "unnamed")
+                            if child.kind == "folder":
+                                subfolders.append((child.id, relpath))
+                            elif child.kind == "file" and not child.complete:
+                                incomplete.append(child)
+                            else:
+                                entries.append(
+                                    self._entry(target, context, context_id, child, relpath)
+                                )
+                        await self._emit_all(entries)
+                        if first and entries:
+                            await asyncio.sleep(0)
                     if incomplete:
                         await self._complete(target, context, context_id, base, incomplete)
         except AuthError:
@@ -342,7 +385,7 @@ class Planner:
         target: Target,
         context: str,
         context_id: str,
-        base: Path,
+        base: str,
         partial: list[Node],
     ) -> None:
         """Some builds list files without hash/version: ask bulk details for those."""
@@ -354,14 +397,10 @@ class Planner:
                 nodes, errors = await self.client.details(context, context_id, ids)
             for node in nodes:
                 name = names.get(node.id) or node.name or node.id
-                await self._file_entry(
-                    target, context, context_id, node, base / safe_relpath([name])
-                )
+                await self._file_entry(target, context, context_id, node, safe_child(base, name))
             for node_id, why in errors.items():
                 await self._emit(
-                    PlanFailure(
-                        target, node_id, base / safe_relpath([names.get(node_id, node_id)]), why
-                    )
+                    PlanFailure(target, node_id, safe_child(base, names.get(node_id, node_id)), why)
                 )
 
 

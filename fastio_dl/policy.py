@@ -34,10 +34,20 @@ class Decision:
     record: bool = False  # with skip: an identical local file to record (adopt)
 
 
-class LocalPolicy(Protocol):
-    """Decides skips before download and records results after (``get`` and ``sync`` differ)."""
+UP_TO_DATE = Decision(Kind.UP_TO_DATE, "up to date")
 
-    async def decide(self, item: PlanItem, final: Path) -> Decision: ...
+
+class LocalPolicy(Protocol):
+    """Decides skips before download and records results after (``get`` and ``sync`` differ).
+
+    ``final`` is the file's local path (``str(dest / item.relpath)``).
+    """
+
+    def prefetch(self, items: list[PlanItem]) -> None:
+        """Files about to be decided (a listing page's): what they need, read at once."""
+        ...
+
+    async def decide(self, item: PlanItem, final: str) -> Decision: ...
 
     async def record(self, item: PlanItem, final: Path) -> None: ...
 
@@ -46,7 +56,7 @@ class LocalPolicy(Protocol):
         the files are on disk (None: nothing staged)."""
         ...
 
-    def note_is_current(self, item: PlanItem, final: Path) -> bool:
+    def note_is_current(self, item: PlanItem, final: str) -> bool:
         """Whether a note's text need not even be read (its version is the one we wrote)."""
         ...
 
@@ -58,11 +68,15 @@ class GetPolicy:
         self.no_clobber = no_clobber
         self.local = EmptyAtStart()  # what was on disk before this run
 
-    async def decide(self, item: PlanItem, final: Path) -> Decision:
-        if not self.local.exists(final):
+    def prefetch(self, items: list[PlanItem]) -> None:
+        return None
+
+    async def decide(self, item: PlanItem, final: str) -> Decision:
+        path = Path(final)
+        if not self.local.exists(path):
             return Decision()
         remote = item.remote
-        if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
+        if await matches_local(path, remote.size, remote.hash_algo, remote.hash):
             return Decision(Kind.PRESENT, "already present and verified")
         if self.no_clobber:
             return Decision(Kind.KEPT, "a different local file exists (kept: --no-clobber)")
@@ -74,7 +88,7 @@ class GetPolicy:
     def durable(self) -> Callable[[], None] | None:
         return None
 
-    def note_is_current(self, item: PlanItem, final: Path) -> bool:
+    def note_is_current(self, item: PlanItem, final: str) -> bool:
         return False  # get compares the text itself (read, then size and hash)
 
 
@@ -83,7 +97,12 @@ class SyncPolicy:
 
     Records are staged by :meth:`record` and committed by the engine's Flusher, in one
     transaction per group, only after the files they describe are on disk (``durable``).
+    Records are read a listing page at a time (:meth:`prefetch`) and each is kept until its
+    file is decided; one still undecided after two generations of ``AHEAD`` (another host's
+    file under ``--shard``) is dropped, and read again on its own if it is ever asked for.
     """
+
+    AHEAD = 4096  # more than the plan queue and the pages being planned hold
 
     def __init__(self, state: State, *, dry_run: bool, fsync_each: bool = False) -> None:
         self.state = state
@@ -91,33 +110,51 @@ class SyncPolicy:
         self.fsync_each = fsync_each  # no group sync: an adopted file is fsynced on its own
         self.local = EmptyAtStart()  # what was on disk before this run
         self._staged: list[Record] = []
+        # Records read ahead, by path (None: no record); two generations, so that those of
+        # files never decided (another host's --shard, a run that stops) cost bounded memory.
+        self._ahead: dict[str, Record | None] = {}
+        self._older: dict[str, Record | None] = {}
 
-    async def decide(self, item: PlanItem, final: Path) -> Decision:
+    def prefetch(self, items: list[PlanItem]) -> None:
+        paths = [item.relpath for item in items]
+        found = self.state.get_many(paths)
+        if len(self._ahead) >= self.AHEAD:
+            self._older, self._ahead = self._ahead, {}
+        for path in paths:
+            self._ahead[path] = found.get(path)
+
+    def _record(self, path: str) -> Record | None:
+        for ahead in (self._ahead, self._older):
+            if path in ahead:
+                return ahead.pop(path)
+        return self.state.get(path)
+
+    async def decide(self, item: PlanItem, final: str) -> Decision:
         remote = item.remote
-        key = item.relpath.as_posix()
-        record = self.state.get(key)
+        record = self._record(item.relpath)
         if (
             record is not None
             and (record.node_id, record.version, record.hash, record.size)
             == (remote.node_id, remote.version, remote.hash, remote.size)
             and local_matches_record(final, record)
         ):
-            return Decision(Kind.UP_TO_DATE, "up to date")
-        if self.local.exists(final):
-            if await matches_local(final, remote.size, remote.hash_algo, remote.hash):
+            return UP_TO_DATE
+        path = Path(final)
+        if self.local.exists(path):
+            if await matches_local(path, remote.size, remote.hash_algo, remote.hash):
                 if self.dry_run:
                     return Decision(Kind.WOULD_ADOPT, "dry run: would adopt (identical local file)")
                 if self.fsync_each:
-                    await asyncio.to_thread(fsync_path, final)
+                    await asyncio.to_thread(fsync_path, path)
                 return Decision(Kind.ADOPTED, "adopted (identical local file)", record=True)
             return Decision(replace=True)
         return Decision()
 
-    def note_is_current(self, item: PlanItem, final: Path) -> bool:
+    def note_is_current(self, item: PlanItem, final: str) -> bool:
         """Notes are tracked by version like files: the same note at the same version, and the
         local file as we wrote it, needs no ``readnote`` at all."""
         remote = item.remote
-        record = self.state.get(item.relpath.as_posix())
+        record = self._record(item.relpath)
         return (
             record is not None
             and remote.version is not None
@@ -130,7 +167,7 @@ class SyncPolicy:
         remote = item.remote
         self._staged.append(
             Record(
-                path=item.relpath.as_posix(),
+                path=item.relpath,
                 node_id=remote.node_id,
                 context=remote.context,
                 context_id=remote.context_id,

@@ -152,10 +152,11 @@ async def sync_async(
         tracked = state.count()
         tally = DryRunTally()
         policy = SyncPolicy(state, dry_run=dry_run, fsync_each=settings.fsync == "each")
+        sink = _sink(reporter, on_event)
         outcome = await run_engine(
             settings,
             manifest.targets,
-            Fanout(_sink(reporter, on_event), tally),
+            Fanout(sink, tally) if dry_run else sink,
             policy=policy,
             dry_run=dry_run,
             stopper=stopper,

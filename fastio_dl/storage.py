@@ -87,14 +87,12 @@ def sidecar_path(final: Path) -> Path:
 
 
 class Leftovers:
-    """The ``.part`` files and sidecars lying in destination directories, read once per
-    directory, so that a skipped file's leftovers go without two failing unlinks per file.
+    """A skipped file's ``NAME.part`` and sidecar (a run killed between the rename and the
+    sidecar cleanup leaves one), found in one read of its directory, not two failing unlinks.
 
-    A file that needs no download needs no ``NAME.part`` either, and a run killed between the
-    rename and the sidecar cleanup leaves ``NAME.part.json`` beside the final file. This run
-    writes neither for a skipped file (its path is claimed once), so what a directory held when
-    first read is what there is to tidy. Only the last ``KEEP`` directories are remembered
-    (files arrive folder by folder), each with its leftover names: usually none.
+    This run writes neither for a skipped file (its path is claimed once), so what the
+    directory held when first read is what there is to tidy. The last ``KEEP`` directories
+    are remembered (files arrive folder by folder), each with its leftover names: usually none.
     """
 
     KEEP = 64

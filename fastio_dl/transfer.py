@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -122,6 +122,9 @@ class Engine:
         self._handed: set[int] = set()  # plan keys given to the Flusher by a worker right now
         self._started = time.monotonic()
         self.dest = settings.dest
+        # Local paths are spelt as str(dest / relpath) would spell them, without pathlib's
+        # cost per file (a no-op sync of a million files builds a million of them).
+        self._under = "" if str(self.dest) == "." else os.path.join(self.dest, "")
         self.guard = PathGuard(settings.dest)
         self.space = DiskSpace(settings.dest)
         self.leftovers = Leftovers()
@@ -149,7 +152,9 @@ class Engine:
         plan_q: asyncio.Queue[PlanEntry | None] = asyncio.Queue(PLAN_QUEUE)
         ready_q: asyncio.Queue[Ready | None] = asyncio.Queue(self.settings.concurrency)
         self.dest.mkdir(parents=True, exist_ok=True)
-        planner = Planner(self.client, plan_q, notes=self.settings.notes)
+        planner = Planner(
+            self.client, plan_q, notes=self.settings.notes, lookahead=self.policy.prefetch
+        )
         n = self.settings.concurrency
         self._preparers = n
         failure: BaseException | None = None
@@ -221,7 +226,7 @@ class Engine:
                 raise
             except AuthError as exc:  # 402 or a dead token while minting: the run stops
                 assert isinstance(entry, PlanItem)
-                self._fail(entry, self.dest / entry.relpath, Kind.ERROR, describe(exc))
+                self._fail(entry, Kind.ERROR, describe(exc))
                 raise self._stopping(exc) from None
             if ready is not None:
                 try:
@@ -246,13 +251,13 @@ class Engine:
             entry.remote.node_id, self.settings.shard
         ):
             return None  # another host's file (--shard)
-        final = self.dest / entry.relpath
-        self.reporter.emit(FileQueued(entry.key, str(final), entry.remote.size))
+        final = self._local(entry.relpath)
+        self.reporter.emit(FileQueued(entry.key, final, entry.remote.size))
         if self._stop_new:
             self._not_started(entry)
             return None
         try:
-            if entry.relpath.parts and entry.relpath.parts[0] == STATE_DIR:
+            if entry.relpath.partition("/")[0] == STATE_DIR:
                 raise TransferError(
                     f"{STATE_DIR} is reserved for fastio-dl's own state; "
                     "give this file another DEST in a manifest"
@@ -260,26 +265,18 @@ class Engine:
             self.guard.check(final)
             if entry.remote.kind == "note":
                 if self.policy.note_is_current(entry, final):
-                    self._finish_after_sync(entry, final, Kind.UP_TO_DATE, 0, "up to date", None)
+                    self._finish_after_sync(entry, Kind.UP_TO_DATE, 0, "up to date", None)
                     return None
                 await self._load_note(entry)
             decision = await self.policy.decide(entry, final)
-            if decision.skip is not None or self.dry_run:
-                if decision.skip is not None and not self.dry_run:
-                    self.leftovers.drop(final)
-                kind, reason = decision.skip, decision.reason
-                if kind is None:
-                    kind = Kind.WOULD_REPLACE if decision.replace else Kind.WOULD_DOWNLOAD
-                    reason = "dry run: would " + ("replace" if decision.replace else "download")
-                finish = functools.partial(self._finish_after_sync, entry, final, kind, 0, reason)
-                if decision.record and not self.dry_run:
-                    # An adopted file: recorded (and reported) once it is surely on disk.
-                    await self.policy.record(entry, final)
-                    await self.flusher.add(final, finish)
-                else:
-                    finish(None)
+            if decision.record and not self.dry_run:
+                await self._adopt(entry, Path(final), decision)
                 return None
-            self._reserve(entry, final)
+            if decision.skip is not None or self.dry_run:
+                self._skip(entry, final, decision)
+                return None
+            path = Path(final)
+            self._reserve(entry, path)
             try:
                 token = await self.fetcher.mint(entry)
             except BaseException:
@@ -288,16 +285,40 @@ class Engine:
         except (AuthError, asyncio.CancelledError):
             raise
         except FastioDlError as exc:
-            self._fail(entry, final, Kind.ERROR, describe(exc))
+            self._fail(entry, Kind.ERROR, describe(exc))
             return None
         except Exception as exc:  # a bug must cost one file, never hang the pool
-            self._fail(entry, final, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            self._fail(entry, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
             return None
-        return entry, final, token, decision
+        return entry, path, token, decision
+
+    def _skip(self, item: PlanItem, final: str, decision: Decision) -> None:
+        """A file with nothing to download, or any file in a dry run: reported."""
+        kind, reason = decision.skip, decision.reason
+        if kind is None:
+            kind = Kind.WOULD_REPLACE if decision.replace else Kind.WOULD_DOWNLOAD
+            reason = "dry run: would " + ("replace" if decision.replace else "download")
+        elif not self.dry_run:
+            self.leftovers.drop(final)
+        self._finish_item(item, kind, 0, reason=reason)
+
+    async def _adopt(self, item: PlanItem, final: Path, decision: Decision) -> None:
+        """An identical local file: recorded, and reported once it is surely on disk."""
+        assert decision.skip is not None
+        self.leftovers.drop(final)
+        await self.policy.record(item, final)
+        finish = functools.partial(self._finish_after_sync, item, decision.skip, 0, decision.reason)
+        await self.flusher.add(final, finish)
+
+    def _local(self, relpath: str) -> str:
+        """``str(dest / relpath)``, the path events and the local side use."""
+        if not relpath:
+            return str(self.dest)
+        return self._under + (relpath if os.sep == "/" else relpath.replace("/", os.sep))
 
     def _not_started(self, item: PlanItem) -> None:
         why = self._stop_new or "the run stopped"
-        self._fail(item, self.dest / item.relpath, Kind.NOT_STARTED, f"not started: {why}")
+        self._fail(item, Kind.NOT_STARTED, f"not started: {why}")
 
     def _account_left(
         self, plan_q: asyncio.Queue[PlanEntry | None], ready_q: asyncio.Queue[Ready | None]
@@ -316,7 +337,7 @@ class Engine:
                     entry.remote.node_id, self.settings.shard
                 ):
                     self.reporter.emit(
-                        FileQueued(entry.key, str(self.dest / entry.relpath), entry.remote.size)
+                        FileQueued(entry.key, self._local(entry.relpath), entry.remote.size)
                     )
                     self._not_started(entry)
             elif entry is not None:
@@ -324,7 +345,7 @@ class Engine:
 
     def _settle(self, entry: PlanSkip | PlanFailure) -> None:
         """Report a plan entry that is not a download: a skip, or a reference that failed."""
-        self.reporter.emit(FileQueued(0, str(self.dest / (entry.relpath or Path())), 0))
+        self.reporter.emit(FileQueued(0, self._local(entry.relpath or ""), 0))
         if isinstance(entry, PlanSkip):
             self._finish(
                 entry.target, entry.node_id, entry.relpath, entry.kind, 0, 0, reason=entry.reason
@@ -346,8 +367,7 @@ class Engine:
             version_id=remote.version if remote.pinned else None,
         )
         item.content = text.encode("utf-8")
-        item.remote = dataclasses.replace(
-            remote,
+        item.remote = remote._replace(
             size=len(item.content),
             hash=hashlib.sha256(item.content).hexdigest(),
             hash_algo="sha256",
@@ -393,25 +413,23 @@ class Engine:
                     kept = part_path(final).exists()  # small files are fetched in memory
                     if kept:
                         why += "; the partial file is kept for the next run"
-                    self._fail(item, final, Kind.INTERRUPTED, why)
+                    self._fail(item, Kind.INTERRUPTED, why)
                 raise
             except AuthError as exc:  # 402 or a dead token: the whole run stops
-                self._fail(item, final, Kind.ERROR, describe(exc))
+                self._fail(item, Kind.ERROR, describe(exc))
                 raise self._stopping(exc) from None
             except WriteError as exc:
-                self._fail(item, final, Kind.WRITE, str(exc))
+                self._fail(item, Kind.WRITE, str(exc))
                 self._stop_new = self._stop_new or f"an earlier write failed ({exc})"
                 continue
             except FastioDlError as exc:
-                self._fail(item, final, Kind.ERROR, describe(exc))
+                self._fail(item, Kind.ERROR, describe(exc))
                 continue
             except OSError as exc:
-                self._fail(item, final, Kind.LOCAL, f"local error: {exc.strerror or exc}")
+                self._fail(item, Kind.LOCAL, f"local error: {exc.strerror or exc}")
                 continue
             except Exception as exc:  # a bug must cost one file, never hang the pool
-                self._fail(
-                    item, final, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-                )
+                self._fail(item, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
                 continue
             finally:
                 self._release(item)
@@ -429,13 +447,12 @@ class Engine:
         self._handed.add(item.key)  # add() queues it before it may wait: a cancel loses nothing
         await self.flusher.add(
             final,
-            functools.partial(self._finish_after_sync, item, final, kind, transferred, reason),
+            functools.partial(self._finish_after_sync, item, kind, transferred, reason),
         )
 
     def _finish_after_sync(
         self,
         item: PlanItem,
-        final: Path,
         kind: Kind,
         transferred: int,
         reason: str | None,
@@ -444,7 +461,7 @@ class Engine:
         if error is not None:
             # The disk (or the state database) failed under the group sync: as with a failed
             # write, no new file starts after it.
-            self._fail(item, final, Kind.WRITE, error)
+            self._fail(item, Kind.WRITE, error)
             self._stop_new = self._stop_new or f"an earlier write failed ({error})"
             return
         self._finish_item(item, kind, transferred, reason=reason)
@@ -492,7 +509,7 @@ class Engine:
         return len(item.content)
 
     # ------------------------------------------------------------------ accounting
-    def _fail(self, item: PlanItem, final: Path, kind: Kind, error: str) -> None:
+    def _fail(self, item: PlanItem, kind: Kind, error: str) -> None:
         self._finish_item(item, kind, 0, error=error)
 
     def _finish_item(
@@ -520,7 +537,7 @@ class Engine:
         self,
         target: Target,
         node_id: str,
-        relpath: Path | None,
+        relpath: str | None,
         kind: Kind,
         size: int,
         transferred: int,
@@ -538,17 +555,9 @@ class Engine:
         else:
             self.outcome.failed += 1
             self.outcome.failed_targets.append(target)
-        path = self.dest / relpath if relpath is not None else None
-        self.reporter.emit(
-            FileFinished(
-                key=key,
-                ref=target.ref.text,
-                node_id=node_id,
-                path=str(path) if path is not None else "",
-                kind=kind,
-                bytes=size,
-                transferred=transferred,
-                error=error,
-                reason=reason,
-            )
+        path = self._local(relpath) if relpath is not None else ""
+        # Positional: a million skipped files make a million of these.
+        event = FileFinished(
+            key, target.ref.text, node_id, path, kind, size, transferred, error, reason
         )
+        self.reporter.emit(event)

@@ -82,9 +82,7 @@ async def expected_from_targets(
     while (entry := await queue.get()) is not None:
         if isinstance(entry, PlanItem):
             remote = entry.remote
-            expected[entry.relpath.as_posix()] = Expected(
-                remote.size, remote.hash, remote.hash_algo
-            )
+            expected[entry.relpath] = Expected(remote.size, remote.hash, remote.hash_algo)
         elif isinstance(entry, PlanFailure):
             unresolved.append(f"{entry.target.ref.text}: {entry.error}")
     await task

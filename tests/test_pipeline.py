@@ -141,7 +141,7 @@ def test_a_bug_in_any_stage_ends_the_run_loudly(
         return wrapper
 
     if stage == "planning":
-        monkeypatch.setattr(Planner, "_file_entry", bug_on_third(Planner._file_entry))
+        monkeypatch.setattr(Planner, "_entry", bug_on_third(Planner._entry))
     elif stage == "preparing":
         monkeypatch.setattr(Engine, "_prepare", bug_on_third(Engine._prepare))
     else:
