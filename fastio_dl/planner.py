@@ -254,22 +254,14 @@ class Planner:
         if node.kind == "file" and target.ref.version and named:
             await self._versioned(target, context, context_id, node, relpath)
         else:
-            await self._emit(self._entry(target, context, context_id, node, relpath, named=named))
+            await self._emit(self._entry(target, node, relpath, named=named))
 
-    def _entry(
-        self,
-        target: Target,
-        context: str,
-        context_id: str,
-        node: Node,
-        relpath: str,
-        *,
-        named: bool = False,
-    ) -> PlanEntry:
-        """A node's plan entry (not a file version asked for by name: see ``_versioned``)."""
+    def _entry(self, target: Target, node: Node, relpath: str, *, named: bool = False) -> PlanEntry:
+        """A node's plan entry (not a file version asked for by name: see ``_versioned``); the
+        node is in the target's context."""
         kind = node.kind
         if kind == "file":
-            remote = remote_file(context, context_id, node)
+            remote = remote_file(target.ref.context, target.ref.context_id, node)
             if remote.size < 0:
                 return PlanFailure(target, node.id, relpath, "the API gave no size for this file")
             return PlanItem(target, remote, relpath)
@@ -278,7 +270,7 @@ class Planner:
             if target.dest is None or not named:
                 base, _, name = relpath.rpartition("/")
                 relpath = safe_child(base, note_file_name(name))
-            remote = remote_file(context, context_id, node)
+            remote = remote_file(target.ref.context, target.ref.context_id, node)
             remote = remote._replace(kind="note", size=0, hash=None, hash_algo=None)
             if target.ref.version and named:
                 remote = remote._replace(version=target.ref.version, pinned=True)
@@ -363,9 +355,7 @@ class Planner:
                             elif child.kind == "file" and not child.complete:
                                 incomplete.append(child)
                             else:
-                                entries.append(
-                                    self._entry(target, context, context_id, child, relpath)
-                                )
+                                entries.append(self._entry(target, child, relpath))
                         await self._emit_all(entries)
                         if first and entries:
                             await asyncio.sleep(0)

@@ -82,14 +82,10 @@ class State:
 
     def get_many(self, paths: list[str]) -> dict[str, Record]:
         """The records of ``paths`` that exist, in one query per ``QUERY_PATHS`` of them."""
-        found: dict[str, Record] = {}
-        for start in range(0, len(paths), QUERY_PATHS):
-            chunk = paths[start : start + QUERY_PATHS]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT {_COLUMNS} FROM files WHERE path IN ({marks})"
-            for row in self.db.execute(query, chunk):
-                found[row[0]] = Record._make(row)
-        return found
+        query = f"SELECT {_COLUMNS} FROM files WHERE path IN ({{}})"
+        return {
+            row[0]: Record._make(row) for rows in _queries(self.db, query, paths) for row in rows
+        }
 
     def paths(self) -> Iterator[str]:
         """Every tracked path, in order (a cursor: nothing is held in memory)."""
@@ -130,6 +126,14 @@ class State:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _queries(db: sqlite3.Connection, query: str, values: list[str]) -> Iterator[sqlite3.Cursor]:
+    """``query`` (its ``{}`` becomes the marks of an ``IN``) over ``values``, ``QUERY_PATHS``
+    of them a query, each run only when the one before has been read."""
+    for start in range(0, len(values), QUERY_PATHS):
+        chunk = values[start : start + QUERY_PATHS]
+        yield db.execute(query.format(",".join("?" * len(chunk))), chunk)
 
 
 def _fields(record: Record) -> tuple[object, ...]:
@@ -208,12 +212,9 @@ class Claims:
         if len(set(folded)) != len(folded):
             return False
         # Looked up first, not inserted and undone: without a journal nothing can be undone.
-        for start in range(0, len(folded), QUERY_PATHS):
-            chunk = folded[start : start + QUERY_PATHS]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT 1 FROM claims WHERE folded IN ({marks}) LIMIT 1"
-            if self.db.execute(query, chunk).fetchone() is not None:
-                return False
+        query = "SELECT 1 FROM claims WHERE folded IN ({}) LIMIT 1"
+        if any(rows.fetchone() for rows in _queries(self.db, query, folded)):
+            return False
         if not self._uncommitted:
             self.db.execute("BEGIN")
         self.db.executemany("INSERT INTO claims VALUES (?,?,?,?)", rows)
