@@ -275,6 +275,10 @@ class Planner:
             if target.ref.version and named:
                 remote = remote._replace(version=target.ref.version, pinned=True)
             return PlanItem(target, remote, relpath)
+        if kind == "note":
+            # An earlier --notes run may have saved it: still wanted, not gone (--delete).
+            base, _, name = relpath.rpartition("/")
+            self.claimed.keep(safe_child(base, note_file_name(name)))
         if kind in ("note", "link"):
             why = "note (saved only with --notes)" if kind == "note" else "link (no bytes)"
             return PlanSkip(target, node.id, relpath, Kind.NO_BYTES, why)

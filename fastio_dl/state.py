@@ -181,6 +181,9 @@ class Claims:
             "CREATE TABLE claims (folded TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE,"
             " context_id TEXT NOT NULL, node_id TEXT NOT NULL)"
         )
+        # Paths this run leaves alone without claiming them (a saved note, without --notes):
+        # not "gone", so sync --delete keeps them; they take no part in collisions.
+        self.db.execute("CREATE TABLE kept (path TEXT PRIMARY KEY)")
         self._count = 0
         self._uncommitted = 0
 
@@ -224,6 +227,13 @@ class Claims:
             self._commit()
         return True
 
+    def keep(self, path: str) -> None:
+        """Mark ``path`` as still wanted, though this run does not fetch it."""
+        if not self._uncommitted:
+            self.db.execute("BEGIN")
+        self.db.execute("INSERT OR IGNORE INTO kept VALUES (?)", (path,))
+        self._uncommitted += 1
+
     def holder(self, path: str) -> tuple[str, tuple[str, str]] | None:
         """The claimed path equal to ``path`` up to case, and its owner."""
         row = self.db.execute(
@@ -240,9 +250,10 @@ class Claims:
         return isinstance(path, str) and self.owner(path) is not None
 
     def paths(self) -> Iterator[str]:
-        """Every claimed path, in order (a cursor)."""
+        """Every claimed or kept path, in order (a cursor)."""
         self._commit()
-        return (row[0] for row in self.db.execute("SELECT path FROM claims ORDER BY path"))
+        query = "SELECT path FROM claims UNION SELECT path FROM kept ORDER BY path"
+        return (row[0] for row in self.db.execute(query))
 
     def _commit(self) -> None:
         if self._uncommitted:

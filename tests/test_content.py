@@ -73,6 +73,26 @@ def test_sync_tracks_notes_by_version(served: Served, tmp_path: Path) -> None:
     assert served.stat("readnote") == 2
 
 
+def test_sync_delete_without_notes_keeps_the_saved_notes(served: Served, tmp_path: Path) -> None:
+    """Leaving --notes off selects less; it does not make the saved notes "gone" (as rsync
+    keeps excluded files without --delete-excluded). A note deleted remotely still goes."""
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"ws:{served.ws}/root\n")
+    dest = tmp_path / "out"
+    first = served.cli("sync", str(manifest), "-d", str(dest), "--notes")
+    assert first.exit_code == 0, first.stderr
+    saved = next(dest.rglob("note-0.md"))
+    plain = served.cli("sync", str(manifest), "-d", str(dest), "--delete")
+    assert plain.exit_code == 0, plain.stderr
+    assert saved.read_text() == NOTE_TEXT
+    assert "deleted" not in plain.stdout + plain.stderr
+    note = the_note(served)
+    served.server.call(lambda: served.space.remove(note.id))
+    gone = served.cli("sync", str(manifest), "-d", str(dest), "--delete", "--notes")
+    assert gone.exit_code == 0, gone.stderr
+    assert not saved.exists()
+
+
 def test_a_note_link_downloads_that_note_only(served: Served, tmp_path: Path) -> None:
     note = the_note(served)
     url = f"https://acme.fast.io/workspace/{served.ws}/storage/root?note={note.id}"

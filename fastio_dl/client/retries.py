@@ -44,7 +44,10 @@ def is_retryable(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter; a server's wait hint wins (capped by max_wait)."""
+    """Exponential backoff with "equal" jitter: attempt n waits a random time between half of
+    ``initial * 2**(n-1)`` and all of it (never less than half: a retry storm stays spread out
+    but never comes back at once), capped by max_wait; a server's wait hint wins (also capped),
+    plus up to a quarter of ``initial`` so that workers told "wait 5 s" do not return together."""
 
     retries: int
     initial: float
