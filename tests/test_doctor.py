@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fastio_dl.emulator import DEFAULT_TOKEN
-from fastio_dl.emulator.server import LIST_SHAPES
+from fastio_dl.emulator.switches import LIST_SHAPES
 from tests.conftest import Served
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from fastio_dl import segments
 from fastio_dl.emulator import Fault, SeededBlob
-from fastio_dl.emulator.server import BODY_CHUNK
+from fastio_dl.emulator.reads import BODY_CHUNK
 from fastio_dl.segments import plan_spans
 from tests.conftest import Served
 

@@ -1,4 +1,4 @@
-"""A local Fast.io emulator: a real aiohttp server on 127.0.0.1 (see ``server.py``).
+"""A local Fast.io emulator: a real aiohttp server on 127.0.0.1 (see ``server.py`` for its parts).
 
 Typical use::
 
@@ -22,16 +22,9 @@ from fastio_dl.emulator.data import (
     generate,
     load_directory,
 )
-from fastio_dl.emulator.server import (
-    DEFAULT_TOKEN,
-    HOST,
-    LIST_SHAPES,
-    Emulator,
-    EmulatorThread,
-    Fault,
-    Refusal,
-    Switches,
-)
+from fastio_dl.emulator.server import DEFAULT_TOKEN, Emulator
+from fastio_dl.emulator.switches import LIST_SHAPES, Fault, Refusal, Switches
+from fastio_dl.emulator.thread import HOST, EmulatorThread
 
 DEMO_WORKSPACE_ID = "3867689418901071163"
 
