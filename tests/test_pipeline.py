@@ -128,6 +128,7 @@ def test_a_bug_in_any_stage_ends_the_run_loudly(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
     from fastio_dl.planner import Planner
+    from fastio_dl.prepare import Preparer
 
     calls = {"n": 0}
 
@@ -143,9 +144,9 @@ def test_a_bug_in_any_stage_ends_the_run_loudly(
     if stage == "planning":
         monkeypatch.setattr(Planner, "_entry", bug_on_third(Planner._entry))
     elif stage == "preparing":
-        monkeypatch.setattr(Engine, "_prepare", bug_on_third(Engine._prepare))
+        monkeypatch.setattr(Preparer, "prepare", bug_on_third(Preparer.prepare))
     else:
-        monkeypatch.setattr(Engine, "_release", bug_on_third(Engine._release))
+        monkeypatch.setattr(Preparer, "release", bug_on_third(Preparer.release))
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path / "d"))
     assert result.exit_code == 1
     assert "unexpected RuntimeError: a bug" in result.stderr

@@ -101,7 +101,7 @@ def test_sync_delete_under_every_list_shape_keeps_every_local_file(
 def test_a_server_loop_of_cursors_fails_the_folder(small_pages: Served, tmp_path: Path) -> None:
     # The third page points back at the second: the listing never ends by itself.
     small_pages.emulator.switches.list_shape = "array"
-    original = small_pages.emulator.list_folder
+    original = small_pages.emulator.endpoints.list_folder
 
     async def looping(request):  # type: ignore[no-untyped-def]
         response = await original(request)
@@ -113,7 +113,7 @@ def test_a_server_loop_of_cursors_fails_the_folder(small_pages: Served, tmp_path
             response.body = json.dumps(body).encode()
         return response
 
-    small_pages.emulator.list_folder = looping  # type: ignore[method-assign]
+    small_pages.emulator.endpoints.list_folder = looping  # type: ignore[method-assign]
     small_pages.emulator.app = small_pages.emulator._make_app()
     server = EmulatorThread(small_pages.emulator).start()
     try:
@@ -380,14 +380,14 @@ def test_a_file_replaced_mid_run_is_read_as_listed(make_served, tmp_path: Path) 
     served: Served = make_served(DatasetSpec(files=1, depth=0, notes=0, links=0, min_size=10))
     (node,) = served.space.files()
     old = node.blob.read(0, node.blob.size)
-    original = served.emulator.read
+    original = served.emulator.reading.read
 
     async def replace_then_read(request):  # type: ignore[no-untyped-def]
         if node.version == node.versions[0].id:
             served.space.replace(node.id, BytesBlob(b"a newer version"))
         return await original(request)
 
-    served.emulator.read = replace_then_read  # type: ignore[method-assign]
+    served.emulator.reading.read = replace_then_read  # type: ignore[method-assign]
     served.emulator.app = served.emulator._make_app()
     with EmulatorThread(served.emulator) as server:
         again = Served(server, served.emulator, served.space)

@@ -59,6 +59,9 @@ class Emulator:
         # When the first read since the last reset arrived (time.monotonic(), the same clock in
         # every process on Linux): a benchmark tells a client's start-up from its transfer.
         self.first_read_at: float | None = None
+        # The handlers, over this state (a test may swap one, then rebuild ``app``).
+        self.endpoints = Endpoints(self)
+        self.reading = Reads(self)
         self.app = self._make_app()
 
     # ------------------------------------------------------------------ faults
@@ -105,7 +108,7 @@ class Emulator:
     # ------------------------------------------------------------------ app
     def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
-        api, reads = Endpoints(self), Reads(self)
+        api, reads = self.endpoints, self.reading
         for prefix in PREFIXES:
             app.router.add_get(prefix + "/user/auth/check/", api.auth_check)
             base = prefix + r"/{ctx:workspace|share}/{sid}/storage/{node}/"
