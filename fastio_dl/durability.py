@@ -75,9 +75,12 @@ class Flusher:
     lose a file that was linked but not yet synced, never one that a state record claims: the
     next run finds it untracked and hashes it before trusting it.
 
-    With ``each`` True, every file was fsynced before it got its name; the records and reports
-    are still grouped (one state transaction per group). Where syncfs(2) is missing, ``each``
-    is the only mode (see :func:`has_syncfs`).
+    A file whose bytes were fsynced before it got its name (every file over 1 MiB, and every
+    file with ``each`` True) needs only its name made durable: the group fsyncs its directory
+    instead of syncing the whole file system, which would also write out whatever other
+    programs left dirty there (a large download beside another large write paid for both).
+    The records and reports are grouped either way (one state transaction per group). Where
+    syncfs(2) is missing, ``each`` is the only mode (see :func:`has_syncfs`).
     """
 
     def __init__(
@@ -91,8 +94,11 @@ class Flusher:
         self.each = each
         self._take = take
         self._pending: list[Callable[[str | None], None]] = []
-        self._devices: dict[int, Path] = {}  # a directory on each file system written to
-        self._seen: set[Path] = set()  # directories whose file system is known
+        self._device_of: dict[Path, int] = {}  # each directory written to: its file system
+        # This group's work: a directory on each file system holding bytes not yet synced, and
+        # the directories of files whose bytes are synced but whose names are not.
+        self._devices: dict[int, Path] = {}
+        self._dirs: set[Path] = set()
         self._due = asyncio.Event()  # a group is full, or the run ends
         self._wake = asyncio.Event()  # something is pending
         self._drained = asyncio.Event()
@@ -102,14 +108,23 @@ class Flusher:
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
-    async def add(self, path: Path, done: Callable[[str | None], None]) -> None:
-        """Call ``done(None)`` once ``path`` (written, named) is durable, or ``done(error)``."""
-        if not self.each:
-            directory = path.parent
-            if directory not in self._seen:
-                self._seen.add(directory)
-                with contextlib.suppress(OSError):
-                    self._devices.setdefault(os.stat(directory).st_dev, directory)
+    async def add(
+        self, path: Path, done: Callable[[str | None], None], *, synced: bool = False
+    ) -> None:
+        """Call ``done(None)`` once ``path`` (written, named) is durable, or ``done(error)``.
+        ``synced``: its bytes were fsynced before it got its name; only the name is left."""
+        directory = path.parent
+        if synced or self.each:
+            self._dirs.add(directory)
+        else:
+            device = self._device_of.get(directory)
+            if device is None:
+                try:
+                    device = self._device_of[directory] = os.stat(directory).st_dev
+                except OSError:
+                    device = -1  # gone already: the destination's file system stands in
+            if device not in self._devices:
+                self._devices[device] = self.dest if device == -1 else directory
         self._pending.append(done)
         self._wake.set()
         if len(self._pending) >= FLUSH_FILES:
@@ -142,12 +157,13 @@ class Flusher:
         self._due.clear()
         waiting, self._pending = self._pending, []
         commit = self._take()  # taken before the sync: every record it holds is covered
-        devices = list(self._devices.values())
+        devices, self._devices = list(self._devices.values()), {}
+        dirs, self._dirs = sorted(self._dirs), set()
         error = None
         if waiting or commit is not None:
             try:
-                if not self.each:
-                    await asyncio.to_thread(_sync_each_fs, [self.dest, *devices])
+                if devices or dirs:
+                    await asyncio.to_thread(_make_durable, devices, dirs)
                 if commit is not None:
                     commit()
             except OSError as exc:
@@ -169,14 +185,25 @@ class Flusher:
         await self.flush()
 
 
-def _sync_each_fs(directories: list[Path]) -> None:
+def _make_durable(devices: list[Path], dirs: list[Path]) -> None:
+    """syncfs(2) the file system of each of ``devices``; fsync each of ``dirs`` on another."""
     synced: set[int] = set()
-    for directory in directories:
+    for directory in devices:
         fd = os.open(directory, os.O_RDONLY)
         try:
             device = os.fstat(fd).st_dev
             if device not in synced:
                 syncfs(fd)
                 synced.add(device)
+        finally:
+            os.close(fd)
+    for directory in dirs:
+        try:
+            fd = os.open(directory, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # removed since (an emptied folder): no name in it left to keep
+        try:
+            if os.fstat(fd).st_dev not in synced:
+                os.fsync(fd)
         finally:
             os.close(fd)

@@ -286,10 +286,14 @@ class Engine:
         await self.policy.record(item, final)
         kind = Kind.REPLACED if decision.replace else Kind.NEW
         reason = "replaced" if decision.replace else None
+        # A large file was fsynced before its rename (so was every file with --fsync each):
+        # only its directory is left to sync.
+        synced = self.disk.sync or isinstance(self._parts.get(item.key), PartFile)
         self._handed.add(item.key)  # add() queues it before it may wait: a cancel loses nothing
         await self.flusher.add(
             final,
             functools.partial(self.ledger.finish_after_sync, item, kind, transferred, reason),
+            synced=synced,
         )
 
     # ------------------------------------------------------------------ one file
