@@ -24,6 +24,7 @@ from fastio_dl.errors import (
     IntegrityError,
     ShortReadError,
     TransferError,
+    WriteError,
 )
 from fastio_dl.events import FileProgress, FileRetry, FileStarted, Notice, Reporter
 from fastio_dl.models import PlanItem
@@ -61,6 +62,10 @@ class RateLimiter:
             await asyncio.sleep(-self._allowance / self.rate)
 
 
+class NotStarted(Exception):
+    """The run stopped starting files while this one waited for a network slot."""
+
+
 class Fetcher:
     """Fetches files for one run; shared by every transfer, so slots and the rate are too."""
 
@@ -74,6 +79,17 @@ class Fetcher:
         # --read-mode auto: set once a refused bearer read succeeded with a minted token; the
         # rest of the run mints directly instead of being refused once per file.
         self.reads_want_tokens = False
+        #: why new files must not start (the engine's ledger says), or None; and how to say
+        #: that none may start from now on (a write failed)
+        self.stop_reason: Callable[[], str | None] = lambda: None
+        self.stop: Callable[[str], None] = lambda reason: None
+
+    def may_start(self) -> None:
+        """Called with a network slot just taken, before a file's first byte: a file that
+        waited for its slot while the run stopped starting files (a write error) does not
+        start."""
+        if self.stop_reason():
+            raise NotStarted()
 
     async def mint(self, item: PlanItem, *, force: bool = False) -> str | None:
         """A read token for ``item`` where the read mode wants one (``force``: whatever it is)."""
@@ -102,7 +118,14 @@ class Fetcher:
                     # Only the network part holds one of the -j slots: hashing and writing
                     # overlap the next transfer instead of delaying it.
                     async with self.net_slots:
-                        await self._attempt(item, part, state, first)
+                        if first is not None and not state.transferred:
+                            self.may_start()
+                        try:
+                            await self._attempt(item, part, state, first)
+                        except WriteError as exc:
+                            # Said before the slot is free: no file waiting for it starts.
+                            self.stop(f"an earlier write failed ({exc})")
+                            raise
                     try:
                         await part.verify()
                     except IntegrityError:

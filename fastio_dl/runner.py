@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastio_dl.client import FastioClient
-from fastio_dl.config import Settings
+from fastio_dl.config import DEFAULT_WAIT_LOCK, Settings
 from fastio_dl.errors import missing_token_error
 from fastio_dl.events import Event, Fanout, Notice, Recorder, Reporter
 from fastio_dl.manifest import Manifest, parse_manifest, read_manifest
@@ -124,7 +124,7 @@ async def sync_async(
     delete: bool = False,
     max_delete: DeleteLimit | None = None,
     dry_run: bool = False,
-    wait_lock: float = 0.0,
+    wait_lock: float = DEFAULT_WAIT_LOCK,
     failed_manifest: Path | None = None,
     reporter: Reporter | None = None,
     on_event: EventCallback | None = None,
@@ -188,7 +188,7 @@ def sync(
     delete: bool = False,
     max_delete: DeleteLimit | None = None,
     dry_run: bool = False,
-    wait_lock: float = 0.0,
+    wait_lock: float = DEFAULT_WAIT_LOCK,
     failed_manifest: Path | None = None,
     reporter: Reporter | None = None,
     on_event: EventCallback | None = None,

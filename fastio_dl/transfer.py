@@ -34,7 +34,7 @@ from fastio_dl.config import Settings
 from fastio_dl.durability import Flusher, has_syncfs
 from fastio_dl.errors import AuthError, FastioDlError, WriteError, describe
 from fastio_dl.events import FileQueued, Kind, Notice, PlanComplete, Reporter, RunSummary
-from fastio_dl.fetch import Fetcher, Part
+from fastio_dl.fetch import Fetcher, NotStarted, Part
 from fastio_dl.ledger import Ledger
 from fastio_dl.models import Outcome, PlanEntry, PlanItem, Target
 from fastio_dl.planner import Planner
@@ -87,6 +87,8 @@ class Engine:
         self.ledger = Ledger(settings.dest, reporter)
         self.outcome: Outcome = self.ledger.outcome
         self.fetcher = Fetcher(settings, client, reporter)
+        self.fetcher.stop_reason = lambda: self.ledger.stop_new
+        self.fetcher.stop = self.ledger.stop
         fsync_each = settings.fsync == "each" or not has_syncfs()
         self.disk = Disk(sync=fsync_each)  # this run's buffers and write switches
         self.flusher = Flusher(settings.dest, each=fsync_each, take=self.policy.durable)
@@ -249,6 +251,8 @@ class Engine:
             except AuthError as exc:  # 402 or a dead token: the whole run stops
                 ledger.fail(item, Kind.ERROR, describe(exc))
                 raise self._stopping(exc) from None
+            except NotStarted:
+                ledger.not_started(item)
             except WriteError as exc:
                 ledger.fail(item, Kind.WRITE, str(exc))
                 ledger.stop(f"an earlier write failed ({exc})")
@@ -318,6 +322,7 @@ class Engine:
         if isinstance(part, PartFile) and is_segmentable(self.settings, item):
             try:
                 async with fetcher.net_slots:
+                    fetcher.may_start()
                     return await fetch_segmented(fetcher, item, final, part, token)
             except RangeUnsupportedError:
                 # The server ignores Range: one stream from byte zero it is.

@@ -273,6 +273,36 @@ def test_a_write_error_mid_file_keeps_a_resumable_part(served: Served, tmp_path:
     assert served.stat("read_bytes") == node.blob.size - kept
 
 
+def test_after_a_write_error_a_file_waiting_for_its_slot_does_not_start(
+    served: Served, tmp_path: Path
+) -> None:
+    """-j 1: the second file waits for the network slot while the first fails to write; once
+    the slot is free the run has stopped starting files, and the second is not started."""
+    # 12 MB, capped at 16 MB/s: the first file is still on the wire (holding the slot) when
+    # the write of its first 4 MiB batch is found to have failed.
+    first = big_file(served, "a.bin", size=6 * SIZE, seed=5)
+    second = big_file(served, "b.bin", size=6 * SIZE, seed=6)
+    served.emulator.switches.bandwidth = 8 * SIZE
+    argv = served.argv(
+        "get", f"ws:{served.ws}/{first.id}", f"ws:{served.ws}/{second.id}", "-d", str(tmp_path)
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", SIZE_LIMITED, str(SIZE + 12_345), *argv[3:], "-j", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    files = {Path(r["path"]).name: r for r in records if r["event"] == "file"}
+    assert files["a.bin"]["error"].startswith("cannot write")
+    assert files["b.bin"]["error"] == (
+        f"not started: an earlier write failed ({files['a.bin']['error']})"
+    )
+    assert not part_path(tmp_path / "b.bin").exists()
+
+
 # ----------------------------------------------------------------------------- names
 
 
