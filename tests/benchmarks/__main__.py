@@ -53,6 +53,7 @@ from typing import Any
 
 from tests.benchmarks.harness import (
     FASTIO_DL,
+    GNU_TIME,
     WS,
     EmulatorProcess,
     Run,
@@ -778,6 +779,12 @@ def main() -> int:
             "B6": lambda: b6(tmp, [int(n) for n in args.b6_files.split(",")]),
             "B7": lambda: b7(tmp, args.rounds),
         }
+        if not os.access(GNU_TIME, os.X_OK):
+            print(
+                f"{GNU_TIME} is missing: peak memory figures are upper bounds (the script's own"
+                " size at least); `apt-get install time` for each tool's own peak",
+                file=sys.stderr,
+            )
         for key, step in steps.items():
             if key in only:
                 print(f"running {key}...", file=sys.stderr, flush=True)

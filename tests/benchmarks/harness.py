@@ -170,7 +170,7 @@ GNU_TIME = "/usr/bin/time"  # Debian's package 'time'
 
 
 def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
-    """Run argv; wall time, the child's CPU seconds and peak RSS from the kernel (wait4).
+    """Run argv; wall time, the child's CPU seconds (wait4) and its peak RSS (GNU time).
 
     Dirty pages left by the previous run are flushed first, so that no tool pays for another's
     writeback.

@@ -3,8 +3,8 @@
     python -m tests.benchmarks.memory [--size 1G] [--limit-mb 150]
 
 Starts the emulator (a separate process on 127.0.0.1), downloads the file with the real CLI in
-a child process, and reads the child's peak RSS from the kernel (wait4 rusage). Exits non-zero if
-the peak is over the limit or the file is wrong.
+a child process, and reads the child's own peak RSS (GNU time, see ``harness.run_measured``).
+Exits non-zero if the peak is over the limit or the file is wrong.
 """
 
 from __future__ import annotations
