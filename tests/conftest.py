@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,16 @@ class Served:
                 argv += ["--backoff", "0.01", "--max-retry-wait", "0.5"]
         result = CliRunner().invoke(app, argv, input=input, catch_exceptions=False)
         return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    def reset_after_kill(self) -> None:
+        """Zero the counters once every read of a killed or interrupted client has ended (at
+        most 10 s): a handler that had not yet seen its client go would count its last chunk
+        against the next run."""
+        deadline = time.monotonic() + 10
+        while self.emulator.open_reads and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.emulator.open_reads == 0, "reads of the stopped client did not end"
+        self.server.call(self.emulator.reset_counters)
 
     def argv(self, *args: str) -> list[str]:
         """The real CLI as a child process (for signals, kills and terminals), pointed here."""

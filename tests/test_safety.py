@@ -157,7 +157,7 @@ def test_signal_keeps_partials_and_next_run_finishes(
     assert sum(p.stat().st_size for p in parts) > 0  # what arrived before the signal is kept
     assert not [p for p in tmp_path.iterdir() if not p.name.endswith((".part", ".part.json"))]
     served.emulator.switches.bandwidth = 0
-    served.server.call(served.emulator.reset_counters)
+    served.reset_after_kill()
     result = served.cli("get", f"ws:{served.ws}/root", "-d", str(tmp_path))
     assert result.exit_code == 0, result.stderr
     assert tree_digests(tmp_path) == served.expected()

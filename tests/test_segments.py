@@ -195,7 +195,7 @@ def test_killed_segmented_download_resumes_each_span(
     assert len(saved) == 8 and all(seg[2] for seg in saved[:4])  # every lane had bytes on disk
     assert not any(seg[2] == seg[1] - seg[0] + 1 for seg in saved)
     served.emulator.switches.bandwidth = 0
-    served.server.call(served.emulator.reset_counters)
+    served.reset_after_kill()
     monkeypatch.setattr(segments, "STEAL_MIN", size)  # uncapped lanes differ: no takeovers
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
     assert result.exit_code == 0, result.stderr
@@ -231,7 +231,7 @@ def test_interrupted_spans_keep_their_bytes_and_resume_mid_span(
     partial = [seg for seg in saved if 0 < seg[2] < seg[1] - seg[0] + 1]
     assert len(partial) >= 2
     served.emulator.switches.bandwidth = 0
-    served.server.call(served.emulator.reset_counters)
+    served.reset_after_kill()
     result = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), *SEG)
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "big.bin").read_bytes() == node.blob.read(0, size)

@@ -297,7 +297,7 @@ def test_sync_killed_mid_run_is_completed_by_the_next(make_served, tmp_path: Pat
     assert part.exists() and not (dest / "big.bin").exists()
     kept = part.stat().st_size
     served.emulator.switches.bandwidth = 0
-    served.server.call(served.emulator.reset_counters)
+    served.reset_after_kill()
     result = served.cli("sync", str(manifest), "-d", str(dest), "--json")
     assert result.exit_code == 0, result.stderr
     assert files_only(dest) == served.expected()

@@ -97,6 +97,13 @@ class Reads:
 
     async def _serve(self, request: web.Request, node: Node, blob: Blob) -> web.StreamResponse:
         """The bytes of ``blob`` with Range, the read faults and the bandwidth cap."""
+        self.em.open_reads += 1  # a gauge for tests: reads whose handler has not returned
+        try:
+            return await self._respond(request, node, blob)
+        finally:
+            self.em.open_reads -= 1
+
+    async def _respond(self, request: web.Request, node: Node, blob: Blob) -> web.StreamResponse:
         size = blob.size
         start, end, status = 0, size - 1, 200
         range_header = request.headers.get("Range")

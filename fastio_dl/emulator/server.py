@@ -55,6 +55,7 @@ class Emulator:
         self._window_end = 0.0  # the rate window's reset (time.time())
         self._window_left = 0
         self.sending = 0  # reads moving bytes now
+        self.open_reads = 0  # reads whose handler has not returned (a killed client's too)
         self.read_peers: set[tuple[Any, ...]] = set()  # client addresses that read
         # When the first read since the last reset arrived (time.monotonic(), the same clock in
         # every process on Linux): a benchmark tells a client's start-up from its transfer.
