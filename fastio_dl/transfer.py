@@ -85,7 +85,6 @@ class Engine:
         self.policy = policy or GetPolicy(settings.no_clobber)
         self.dest = settings.dest
         self.ledger = Ledger(settings.dest, reporter)
-        self.outcome: Outcome = self.ledger.outcome
         self.fetcher = Fetcher(settings, client, reporter)
         self.fetcher.stop_reason = lambda: self.ledger.stop_new
         self.fetcher.stop = self.ledger.stop
@@ -100,6 +99,11 @@ class Engine:
         self._parts: dict[int, Part] = {}  # the part of each file being fetched, by plan key
         self._handed: set[int] = set()  # plan keys given to the Flusher by a worker right now
         self._started = time.monotonic()
+
+    @property
+    def outcome(self) -> Outcome:
+        """The run's counts (kept by its ledger)."""
+        return self.ledger.outcome
 
     # ------------------------------------------------------------------ control
     def interrupt(self, reason: str = "interrupted") -> None:
@@ -290,9 +294,9 @@ class Engine:
         await self.policy.record(item, final)
         kind = Kind.REPLACED if decision.replace else Kind.NEW
         reason = "replaced" if decision.replace else None
-        # A large file was fsynced before its rename (so was every file with --fsync each):
-        # only its directory is left to sync.
-        synced = self.disk.sync or isinstance(self._parts.get(item.key), PartFile)
+        # A large file was fsynced before its rename: only its directory is left to sync
+        # (with --fsync each the Flusher knows that of every file).
+        synced = isinstance(self._parts.get(item.key), PartFile)
         self._handed.add(item.key)  # add() queues it before it may wait: a cancel loses nothing
         await self.flusher.add(
             final,

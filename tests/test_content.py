@@ -10,7 +10,7 @@ import pytest
 
 from fastio_dl.emulator import BytesBlob, DatasetSpec, EmulatorThread, build
 from fastio_dl.emulator.data import Node
-from tests.conftest import Served, tree_digests
+from tests.conftest import Served, tree_digests, write_manifest
 
 NOTE_TEXT = "# Note 0\n\nWritten here.\n"
 
@@ -49,14 +49,19 @@ def test_get_notes_saves_each_note_as_markdown(served: Served, tmp_path: Path) -
     assert record["status"] == "skipped"
 
 
-def test_sync_tracks_notes_by_version(served: Served, tmp_path: Path) -> None:
-    manifest = tmp_path / "m.txt"
-    manifest.write_text(f"ws:{served.ws}/root\n")
+def _synced_with_notes(served: Served, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A sync --notes of the whole workspace: the manifest, the destination, the saved note."""
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
     dest = tmp_path / "out"
     first = served.cli("sync", str(manifest), "-d", str(dest), "--notes")
     assert first.exit_code == 0, first.stderr
     saved = next(dest.rglob("note-0.md"))
     assert saved.read_text() == NOTE_TEXT
+    return manifest, dest, saved
+
+
+def test_sync_tracks_notes_by_version(served: Served, tmp_path: Path) -> None:
+    manifest, dest, saved = _synced_with_notes(served, tmp_path)
     assert served.stat("readnote") == 1
     # unchanged version: not even read again
     second = served.cli("sync", str(manifest), "-d", str(dest), "--notes", "--json")
@@ -76,12 +81,7 @@ def test_sync_tracks_notes_by_version(served: Served, tmp_path: Path) -> None:
 def test_sync_delete_without_notes_keeps_the_saved_notes(served: Served, tmp_path: Path) -> None:
     """Leaving --notes off selects less; it does not make the saved notes "gone" (as rsync
     keeps excluded files without --delete-excluded). A note deleted remotely still goes."""
-    manifest = tmp_path / "m.txt"
-    manifest.write_text(f"ws:{served.ws}/root\n")
-    dest = tmp_path / "out"
-    first = served.cli("sync", str(manifest), "-d", str(dest), "--notes")
-    assert first.exit_code == 0, first.stderr
-    saved = next(dest.rglob("note-0.md"))
+    manifest, dest, saved = _synced_with_notes(served, tmp_path)
     plain = served.cli("sync", str(manifest), "-d", str(dest), "--delete")
     assert plain.exit_code == 0, plain.stderr
     assert saved.read_text() == NOTE_TEXT

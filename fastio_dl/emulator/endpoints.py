@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from fastio_dl.emulator.wire import error, list_payload, ok, versions_json
+from fastio_dl.emulator.wire import error, find_version, list_payload, ok, versions_json
 
 if TYPE_CHECKING:
     from fastio_dl.emulator.server import Emulator
@@ -117,10 +117,10 @@ class Endpoints:
         text = node.note_text
         version_id = request.query.get("version_id")
         if version_id:
-            match = [v for v in node.versions if v.id == version_id]
-            if not match:
-                return error(404, 1404, "Version not found")
-            text = bytes(match[0].blob.read(0, match[0].blob.size)).decode()
+            version = find_version(node, version_id)
+            if isinstance(version, web.Response):
+                return version
+            text = bytes(version.blob.read(0, version.blob.size)).decode()
         return ok({"content": text, "note": node.to_json()})
 
     async def oauth_token(self, request: web.Request) -> web.Response:
@@ -179,8 +179,10 @@ class Endpoints:
         if node is None:
             return error(404, 1404, "Node not found")
         version_id = request.query.get("version_id")
-        if version_id and all(v.id != version_id for v in node.versions):
-            return error(404, 1404, "Version not found")
+        if version_id:
+            version = find_version(node, version_id)
+            if isinstance(version, web.Response):
+                return version
         token = "rt." + secrets.token_urlsafe(24)
         self.em.read_tokens[token] = (space.kind, space.id, node.id, time.time() + READ_TOKEN_TTL)
         self.em.counters["tokens_minted"] += 1

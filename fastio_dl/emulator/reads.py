@@ -15,7 +15,7 @@ from aiohttp import web
 from fastio_dl.emulator.data import Blob, Node
 from fastio_dl.emulator.endpoints import READ_TOKEN_TTL
 from fastio_dl.emulator.switches import Fault
-from fastio_dl.emulator.wire import abort, error, header_safe, parse_range
+from fastio_dl.emulator.wire import abort, error, find_version, header_safe, parse_range
 
 if TYPE_CHECKING:
     from fastio_dl.emulator.server import Emulator
@@ -48,10 +48,10 @@ class Reads:
         blob = node.blob
         version_id = request.match_info.get("vid")
         if version_id:
-            match = [v for v in node.versions if v.id == version_id]
-            if not match:
-                return error(404, 1404, "Version not found")
-            blob = match[0].blob
+            version = find_version(node, version_id)
+            if isinstance(version, web.Response):
+                return version
+            blob = version.blob
         if blob is None:
             return error(400, 1400, f"A {node.type} has no bytes to read")
         self.em.counters["fileshare_read"] += 1
@@ -89,10 +89,10 @@ class Reads:
         blob = node.blob
         version_id = request.query.get("version_id")
         if version_id:
-            match = [v for v in node.versions if v.id == version_id]
-            if not match:
-                return error(404, 1404, "Version not found")
-            blob = match[0].blob
+            version = find_version(node, version_id)
+            if isinstance(version, web.Response):
+                return version
+            blob = version.blob
         return await self._serve(request, node, blob)
 
     async def _serve(self, request: web.Request, node: Node, blob: Blob) -> web.StreamResponse:

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fastio_dl.emulator.data import Node
+from fastio_dl.emulator.data import Node, Version
 
 
 def versions_json(node: Node) -> list[dict[str, Any]]:
@@ -23,6 +23,14 @@ def versions_json(node: Node) -> list[dict[str, Any]]:
         }
         for v in node.versions
     ]
+
+
+def find_version(node: Node, version_id: str) -> Version | web.Response:
+    """The version ``version_id`` of ``node``, or the 404 to answer when it has none such."""
+    for version in node.versions:
+        if version.id == version_id:
+            return version
+    return error(404, 1404, "Version not found")
 
 
 def abort(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:

@@ -181,7 +181,7 @@ def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
     (42 MB here, 177 MB after B5's manifest was built). Without /usr/bin/time the figure is
     that upper bound."""
     os.sync()
-    timer = GNU_TIME if GNU_TIME and os.access(GNU_TIME, os.X_OK) else None
+    timer = GNU_TIME if os.access(GNU_TIME, os.X_OK) else None
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as peak_file:
         wrapped = [timer, "-q", "-f", "%M", "-o", peak_file.name, *argv] if timer else argv
         began = time.monotonic()
