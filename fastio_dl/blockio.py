@@ -17,6 +17,7 @@ touching fresh memory costs more than the copy into it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import mmap
@@ -121,6 +122,87 @@ async def settled(job: asyncio.Future[T]) -> T:
 async def in_thread(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``asyncio.to_thread`` that, when cancelled, still waits for the thread to end."""
     return await settled(asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs)))
+
+
+class SmallWrites:
+    """Short jobs (a small file's check and write) for one run, on a few threads of its own.
+
+    ``asyncio.to_thread`` per small file (a task, three futures, an executor hand-off, one
+    wake-up of the event loop per file) was most of the event loop's own cost per file after
+    the HTTP client. Here the loop appends a job to a queue, waking a thread only if one
+    sleeps, and a thread hands back everything it finished in one call
+    (tests.benchmarks B7, 5,000 files of 64 KiB). Jobs run in the order they come.
+    """
+
+    THREADS = 2  # hashing and creating files overlap across directories and cores
+    GRAB = 4  # jobs a thread takes at once: fewer hand-backs, yet every thread gets work
+
+    def __init__(self) -> None:
+        self._jobs: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
+            collections.deque()
+        )
+        self._ready = threading.Condition()
+        self._idle = 0  # threads waiting for a job
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    async def run(self, job: Callable[[], T]) -> T:
+        """``job()`` on one of the threads; when cancelled, still waits for it to end."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("small writes are closed")
+            self._jobs.append((job, done))
+            if self._idle:
+                self._ready.notify()
+            elif len(self._threads) < self.THREADS:
+                thread = threading.Thread(
+                    target=self._work, args=(loop,), name="fastio-dl-small", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return await settled(done)
+
+    def _work(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._ready:
+                while not self._jobs and not self._closed:
+                    self._idle += 1
+                    self._ready.wait()
+                    self._idle -= 1
+                if not self._jobs:
+                    return
+                grab = [self._jobs.popleft() for _ in range(min(self.GRAB, len(self._jobs)))]
+            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            for job, done in grab:
+                try:
+                    results.append((done, job(), None))
+                except BaseException as exc:  # handed to the awaiting task, whatever it is
+                    results.append((done, None, exc))
+            try:
+                loop.call_soon_threadsafe(_hand_back, results)
+            except RuntimeError:
+                return  # the loop is closed: nobody waits any more
+
+    def close(self) -> None:
+        """Let the threads finish the jobs queued, then end them."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+
+
+def _hand_back(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for done, value, error in results:
+        if done.cancelled():
+            continue
+        if error is None:
+            done.set_result(value)
+        else:
+            done.set_exception(error)
 
 
 def open_direct(path: str) -> int | None:

@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import RetryCallState
-
 from fastio_dl.client import FastioClient, ReadStream, RetryPolicy
 from fastio_dl.config import Settings
 from fastio_dl.errors import (
@@ -111,26 +109,28 @@ class Fetcher:
         start = part.resumable_offset()
         self.reporter.emit(FileStarted(item.key, str(final), remote.size, start))
         state = FetchState(token=token)
+
+        async def attempt(number: int) -> None:
+            first = start if number == 1 else None
+            # Only the network part holds one of the -j slots: hashing and writing overlap the
+            # next transfer instead of delaying it.
+            async with self.net_slots:
+                if first is not None and not state.transferred:
+                    self.may_start()
+                try:
+                    await self._attempt(item, part, state, first)
+                except WriteError as exc:
+                    # Said before the slot is free: no file waiting for it starts.
+                    self.stop(f"an earlier write failed ({exc})")
+                    raise
+            try:
+                await part.verify()
+            except IntegrityError:
+                await self.restart(item, part)
+                raise
+
         try:
-            async for attempt in self.retry.retrying(self.report_retry(item.key, str(final))):
-                with attempt:
-                    first = start if attempt.retry_state.attempt_number == 1 else None
-                    # Only the network part holds one of the -j slots: hashing and writing
-                    # overlap the next transfer instead of delaying it.
-                    async with self.net_slots:
-                        if first is not None and not state.transferred:
-                            self.may_start()
-                        try:
-                            await self._attempt(item, part, state, first)
-                        except WriteError as exc:
-                            # Said before the slot is free: no file waiting for it starts.
-                            self.stop(f"an earlier write failed ({exc})")
-                            raise
-                    try:
-                        await part.verify()
-                    except IntegrityError:
-                        await self.restart(item, part)
-                        raise
+            await self.retry.run(attempt, self.report_retry(item.key, str(final)))
             warning = await part.verify()
             if warning:
                 self.reporter.emit(Notice("warning", f"{final}: {warning}"))
@@ -165,6 +165,7 @@ class Fetcher:
                 token=state.token,
                 start=offset,
                 version_id=remote.read_version,
+                whole=self._whole(part, remote.size - offset),
             ) as stream:
                 if offset > 0:
                     cr = stream.content_range
@@ -182,6 +183,11 @@ class Fetcher:
             await self.after_read_error(item, state, exc)
         if part.offset < remote.size:
             raise ShortReadError(f"body ended after {part.offset} of {remote.size} bytes")
+
+    def _whole(self, part: Part, left: int) -> int | None:
+        """A small file's answer is read whole (it is kept in memory anyway), unless
+        ``--limit-rate`` paces it: the pace must hold on the wire, not after the bytes came."""
+        return left if isinstance(part, MemoryPart) and self.limiter is None else None
 
     async def pump(
         self,
@@ -222,23 +228,15 @@ class Fetcher:
                 with contextlib.suppress(FastioDlError):
                     await write(batch)
 
-    def report_retry(self, key: int, label: str) -> Callable[[RetryCallState], None]:
-        """A tenacity ``before_sleep`` hook that tells the reporter about the retry."""
+    def report_retry(self, key: int, label: str) -> Callable[[int, BaseException, float], None]:
+        """A retry policy's ``on_retry`` hook that tells the reporter about the retry."""
 
-        def before_sleep(retry_state: RetryCallState) -> None:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        def on_retry(number: int, exc: BaseException, wait: float) -> None:
             self.reporter.emit(
-                FileRetry(
-                    key,
-                    label,
-                    retry_state.attempt_number,
-                    self.client.redact(str(exc)),
-                    round(wait, 2),
-                )
+                FileRetry(key, label, number, self.client.redact(str(exc)), round(wait, 2))
             )
 
-        return before_sleep
+        return on_retry
 
     def learn(self, state: FetchState) -> None:
         """A file read with a token minted after its bearer read was refused: from now on,

@@ -465,39 +465,41 @@ class _SegmentedRun:
         span = lane.span
         assert span is not None
         label = f"{self.final} [bytes {span[0]}-{span[1]}]"
-        async for attempt in fetcher.retry.retrying(fetcher.report_retry(item.key, label)):
-            with attempt:
-                start = span[0] + lane.got
-                if start > span[1]:
-                    break
-                if self.throttled:
-                    await fetcher.client.gate.wait()
-                asked = span[1] - start + 1  # a steal may move the span's end meanwhile
-                try:
-                    async with fetcher.client.open_read(
-                        remote.context,
-                        remote.context_id,
-                        remote.node_id,
-                        token=self.state.token,
-                        start=start,
-                        end=span[1],
-                        version_id=remote.read_version,
-                    ) as stream:
-                        self._answered.set()
-                        cr = stream.content_range
-                        if stream.status != 206 or cr is None:
-                            raise RangeUnsupportedError("the server ignores Range")
-                        if cr.start != start:
-                            raise ShortReadError(
-                                f"asked for bytes from {start}, got from {cr.start}"
-                            )
-                        await self._pump(lane, stream, asked)
-                except ApiError as exc:
-                    if exc.status == 429 and self._hand_back(lane):
-                        return False
-                    await fetcher.after_read_error(item, self.state, exc)
-                if span[0] + lane.got <= span[1]:
-                    raise ShortReadError(f"range ended after {lane.got} of {_length(span)} bytes")
+
+        async def attempt(_number: int) -> bool:
+            start = span[0] + lane.got
+            if start > span[1]:
+                return True
+            if self.throttled:
+                await fetcher.client.gate.wait()
+            asked = span[1] - start + 1  # a steal may move the span's end meanwhile
+            try:
+                async with fetcher.client.open_read(
+                    remote.context,
+                    remote.context_id,
+                    remote.node_id,
+                    token=self.state.token,
+                    start=start,
+                    end=span[1],
+                    version_id=remote.read_version,
+                ) as stream:
+                    self._answered.set()
+                    cr = stream.content_range
+                    if stream.status != 206 or cr is None:
+                        raise RangeUnsupportedError("the server ignores Range")
+                    if cr.start != start:
+                        raise ShortReadError(f"asked for bytes from {start}, got from {cr.start}")
+                    await self._pump(lane, stream, asked)
+            except ApiError as exc:
+                if exc.status == 429 and self._hand_back(lane):
+                    return False
+                await fetcher.after_read_error(item, self.state, exc)
+            if span[0] + lane.got <= span[1]:
+                raise ShortReadError(f"range ended after {lane.got} of {_length(span)} bytes")
+            return True
+
+        if not await fetcher.retry.run(attempt, fetcher.report_retry(item.key, label)):
+            return False
         lane.span = None
         lane.drop_buffer()
         return True

@@ -18,7 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fastio_dl.blockio import BufferPool, DirectFile, PieceBuffer, StreamWriter, in_thread
+from fastio_dl.blockio import (
+    BufferPool,
+    DirectFile,
+    PieceBuffer,
+    SmallWrites,
+    StreamWriter,
+    in_thread,
+)
 from fastio_dl.errors import DiskSpaceError, IntegrityError, WriteError, human_bytes
 from fastio_dl.hashing import digest_of, hash_file, new_hasher
 from fastio_dl.models import PART_SUFFIX, SIDECAR_SUFFIX
@@ -181,8 +188,10 @@ class Disk:
         self.sync = sync
         self.unnamed = unnamed
         self.pool = BufferPool()
+        self.small = SmallWrites()  # small files' check and write
 
     def close(self) -> None:
+        self.small.close()
         self.pool.close()
 
     def write_atomic(self, final: Path, data: bytes) -> None:
@@ -311,7 +320,7 @@ class MemoryPart:
         (hop count, not bytes, is what small files cost)."""
         if not self._done:
             # in_thread: a cancel waits for the write, so ``committed`` is then the truth.
-            self._warning = await in_thread(self._verify_and_write)
+            self._warning = await self.disk.small.run(self._verify_and_write)
             self._done = True
         return self._warning
 

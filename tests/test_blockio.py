@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -12,6 +13,7 @@ import os
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -337,3 +339,50 @@ async def test_the_hash_reads_back_in_order_to_any_offset(
         assert reader._direct is direct
     finally:
         reader.close()
+
+
+# ----------------------------------------------------------------------------- small writes
+
+
+def test_small_writes_hand_back_each_result_or_error_to_its_caller() -> None:
+    writes = blockio.SmallWrites()
+
+    def job(n: int) -> int:
+        if n == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return n * n
+
+    async def main() -> list[object]:
+        return await asyncio.gather(
+            *[writes.run(lambda n=n: job(n)) for n in range(8)], return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    writes.close()
+    assert results[:3] == [0, 1, 4] and results[4:] == [16, 25, 36, 49]
+    assert isinstance(results[3], OSError) and results[3].errno == errno.ENOSPC
+    assert len(writes._threads) == 0  # closed: its threads ended
+    with pytest.raises(RuntimeError):
+        asyncio.run(writes.run(lambda: 1))
+
+
+def test_a_cancelled_small_write_is_awaited_to_its_end() -> None:
+    """A cancel must not return while the thread may still be writing: the caller reads
+    ``committed`` right after to learn whether the final name is in place."""
+    writes = blockio.SmallWrites()
+    ended = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.2)
+        ended.set()
+
+    async def main() -> bool:
+        task = asyncio.ensure_future(writes.run(slow))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return ended.is_set()
+
+    assert asyncio.run(main()) is True
+    writes.close()

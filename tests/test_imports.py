@@ -31,6 +31,7 @@ ENGINE = (
     "client.session",
     "client.endpoints",
     "client.reads",
+    "client.lean",
     "client.probes",
     "syncing",
     "runner",

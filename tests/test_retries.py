@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tenacity import RetryCallState
 
 from fastio_dl.client.retries import RateGate, RetryPolicy, map_http_error, wait_hint
 from fastio_dl.config import Settings
@@ -87,11 +86,8 @@ def test_the_window_reset_is_a_hint_for_429_only() -> None:
 
 def waits(policy: RetryPolicy, attempt: int, hint: float | None = None) -> list[float]:
     """The waits ``policy`` draws after attempt number ``attempt`` failed."""
-    state = RetryCallState(policy.retrying(), None, (), {})
-    state.attempt_number = attempt
     error = TransferError("dropped", retryable=True, wait_hint=hint)
-    state.set_exception((TransferError, error, None))
-    return [policy.wait(state) for _ in range(SAMPLES)]
+    return [policy.wait_after(error, attempt) for _ in range(SAMPLES)]
 
 
 def assert_spread(values: list[float], low: float, high: float) -> None:
@@ -122,6 +118,63 @@ def test_a_hint_is_waited_with_a_little_jitter(hint: float, low: float) -> None:
 def test_max_retry_wait_caps_a_hint(hint: float) -> None:
     drawn = waits(POLICY, 1, hint)
     assert min(drawn) >= min(hint, POLICY.max_wait) and max(drawn) == POLICY.max_wait
+
+
+def attempts_of(policy: RetryPolicy, failures: list[BaseException]) -> tuple[list[Any], ...]:
+    """Run ``policy`` over an attempt that raises ``failures`` in turn, then returns "done":
+    (the attempt numbers seen, the on_retry calls, the result or the error raised)."""
+    numbers: list[int] = []
+    retries: list[tuple[int, str, float]] = []
+    left = list(failures)
+
+    async def attempt(number: int) -> str:
+        numbers.append(number)
+        if left:
+            raise left.pop(0)
+        return "done"
+
+    def on_retry(number: int, exc: BaseException, wait: float) -> None:
+        retries.append((number, str(exc), wait))
+
+    try:
+        outcome: Any = asyncio.run(policy.run(attempt, on_retry))
+    except Exception as exc:
+        outcome = exc
+    return numbers, retries, [outcome]
+
+
+def test_attempts_are_numbered_on_and_each_retry_is_reported_with_its_wait() -> None:
+    policy = RetryPolicy(retries=3, initial=0.002, max_wait=0.01)
+    drops = [TransferError(f"drop {n}", retryable=True) for n in (1, 2)]
+    numbers, retries, [outcome] = attempts_of(policy, drops)
+    assert outcome == "done"
+    assert numbers == [1, 2, 3]
+    assert [(n, text) for n, text, _ in retries] == [(1, "drop 1"), (2, "drop 2")]
+    # The waits follow the backoff: attempt n waits within [ceiling/2, ceiling].
+    assert 0.001 <= retries[0][2] <= 0.002 and 0.002 <= retries[1][2] <= 0.004
+
+
+def test_the_attempts_stop_at_the_retry_cap_with_the_last_error() -> None:
+    policy = RetryPolicy(retries=2, initial=0.001, max_wait=0.001)
+    drops = [TransferError(f"drop {n}", retryable=True) for n in (1, 2, 3, 4)]
+    numbers, retries, [outcome] = attempts_of(policy, drops)
+    assert numbers == [1, 2, 3]  # the first attempt and two retries
+    assert [n for n, _, _ in retries] == [1, 2]
+    assert isinstance(outcome, TransferError) and str(outcome) == "drop 3"
+
+
+@pytest.mark.parametrize("retries", [0, 3])
+def test_an_error_that_is_not_retryable_ends_at_once(retries: int) -> None:
+    policy = RetryPolicy(retries=retries, initial=0.001, max_wait=0.001)
+    first = TransferError("refused", retryable=False)
+    numbers, calls, [outcome] = attempts_of(policy, [first, TransferError("x", retryable=True)])
+    assert numbers == [1] and calls == [] and outcome is first
+    # A retryable error with no retries left ends at once too.
+    numbers, calls, [outcome] = attempts_of(
+        RetryPolicy(retries=0, initial=0.001, max_wait=0.001),
+        [TransferError("dropped", retryable=True)],
+    )
+    assert numbers == [1] and calls == [] and str(outcome) == "dropped"
 
 
 def test_the_policy_comes_from_the_settings() -> None:

@@ -460,6 +460,9 @@ def test_a_reader_that_goes_away_stops_the_run_like_sigpipe(make_served, tmp_pat
     """``fastio-dl get ... --json | head -c 10``: once stdout is a broken pipe the run stops
     (exit 141, as tools killed by SIGPIPE report), quietly, with nothing half-written."""
     served: Served = make_served(DatasetSpec(files=600, depth=1, fanout=4, max_size=4096))
+    # 10 ms a request: the 600 files take seconds, not the fraction of one they take at full
+    # speed, so the run is still going when its reader leaves.
+    served.emulator.switches.latency = 0.01
     dest = tmp_path / "out"
     argv = served.argv("get", f"ws:{served.ws}/root", "-d", str(dest), "--json", "-j", "2")
     script = " ".join(argv) + ' | head -c 10; echo " ${PIPESTATUS[0]}"'

@@ -1,4 +1,4 @@
-"""The Fast.io API as fastio-dl speaks it: the only part of the engine that touches aiohttp.
+"""The Fast.io API as fastio-dl speaks it: the only part of the engine that touches HTTP.
 
 Everything it raises is a :class:`fastio_dl.errors.FastioDlError`; aiohttp exceptions never
 leak (their text can hold a ``?token=`` URL). Nodes leave it parsed
@@ -11,6 +11,7 @@ leak (their text can hold a ``?token=`` URL). Nodes leave it parsed
 - ``session``: ApiSession: the aiohttp session and the JSON calls (gate, retries, envelope)
 - ``endpoints``: FastioClient: details, list, versions, readnote, File Share, requestread, read
 - ``reads``: an open read (Content-Range, chunks whose network errors are short reads)
+- ``lean``: small files' reads, whole, over a lean HTTP/1.1 client (httptools' parser)
 - ``probes``: ``doctor``'s single requests, kept as they came back, and what it reports of them
 """
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from yarl import URL
@@ -24,6 +25,7 @@ from fastio_dl.client.answers import (
     payload_of,
     shape_of,
 )
+from fastio_dl.client.lean import LeanAnswer
 from fastio_dl.client.reads import ReadStream, origin_of
 from fastio_dl.client.retries import map_http_error, network_error
 from fastio_dl.client.session import ApiSession
@@ -193,6 +195,7 @@ class FastioClient(ApiSession):
         start: int = 0,
         end: int | None = None,
         version_id: str | None = None,
+        whole: int | None = None,
     ) -> AsyncIterator[ReadStream]:
         """Open ``/read/`` (with ``?token=`` or the bearer header) from byte ``start``.
 
@@ -203,6 +206,9 @@ class FastioClient(ApiSession):
         A File Share (``context`` ``fileshare``) reads ``/fileshare/ID/storage/read/`` (or the
         version's read path) with the optional bearer and the link password; such a read
         follows a redirect only within the same origin, since the password header goes along.
+
+        ``whole``: a small read, of this many bytes at most; its answer is read whole before
+        this yields (see :mod:`fastio_dl.client.lean`), unless the run goes through a proxy.
         """
         params: dict[str, str] = {}
         headers: dict[str, str] = {"Accept-Encoding": "identity"}
@@ -222,10 +228,16 @@ class FastioClient(ApiSession):
                 params["version_id"] = version_id
         if start > 0 or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        try:
-            response = await self._get_read(url, params, headers, same_origin_only=fileshare)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise network_error("read", exc) from exc
+        response: aiohttp.ClientResponse | LeanAnswer
+        if whole is not None and self._lean is not None:
+            if params:
+                url += "?" + urlencode(params)
+            response = await self._lean.get(url, headers, whole, same_origin_only=fileshare)
+        else:
+            try:
+                response = await self._get_read(url, params, headers, same_origin_only=fileshare)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise network_error("read", exc) from exc
         try:
             if 300 <= response.status < 400:
                 raise TransferError(

@@ -3,13 +3,31 @@ errors become :class:`ShortReadError` (a broken or stalled body, resumed by the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from fastio_dl.errors import ShortReadError
+
+STALL_HINT = "raise --stall-timeout for very slow links"
+
+
+class Whole(Protocol):
+    """An answer read whole (:class:`fastio_dl.client.lean.LeanAnswer`)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def chunks(self) -> list[bytes]: ...
+    @property
+    def broken(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -34,9 +52,12 @@ def parse_content_range(value: str | None) -> ContentRange | None:
 
 
 class ReadStream:
-    """An open read: status, headers of interest, and chunks that map network errors."""
+    """An open read: status, headers of interest, and chunks that map network errors.
 
-    def __init__(self, response: aiohttp.ClientResponse, stall_timeout: float) -> None:
+    Its answer is aiohttp's, streamed, or a small read's (:mod:`fastio_dl.client.lean`),
+    already whole: its chunks, then its break if it broke."""
+
+    def __init__(self, response: aiohttp.ClientResponse | Whole, stall_timeout: float) -> None:
         self._response = response
         self.status = response.status
         self.content_length = response.content_length
@@ -45,6 +66,16 @@ class ReadStream:
         self.received = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        if not isinstance(self._response, aiohttp.ClientResponse):
+            for chunk in self._response.chunks:
+                self.received += len(chunk)
+                yield chunk
+            broken = self._response.broken
+            if broken is not None:
+                stalled = broken.startswith("read stalled")
+                raise ShortReadError(broken, STALL_HINT if stalled else None)
+            self._check_length()
+            return
         content = self._response.content
         try:
             # readchunk hands over buffered chunks as they are (readany would join them: a copy)
@@ -59,12 +90,15 @@ class ReadStream:
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise ShortReadError(
                 f"read stalled: no data for {self._stall_timeout:g} s after {self.received} bytes",
-                "raise --stall-timeout for very slow links",
+                STALL_HINT,
             ) from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise ShortReadError(
                 f"connection broke after {self.received} bytes ({type(exc).__name__})"
             ) from exc
+        self._check_length()
+
+    def _check_length(self) -> None:
         if self.content_length is not None and self.received < self.content_length:
             raise ShortReadError(f"body ended after {self.received} of {self.content_length} bytes")
 

@@ -23,6 +23,7 @@ import aiohttp
 from fastio_dl import __version__
 from fastio_dl.client.answers import checked_envelope, decoded, error_text, payload_of
 from fastio_dl.client.auth import TokenKeeper
+from fastio_dl.client.lean import LeanReads
 from fastio_dl.client.retries import (
     STATUS_TEXT,
     RateGate,
@@ -64,10 +65,17 @@ class ApiSession:
     gate; the token and its renewal are :attr:`auth`'s (see :class:`TokenKeeper`)."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, settings: Settings, *, proxy: str | None = None
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        proxy: str | None = None,
+        lean: LeanReads | None = None,
     ) -> None:
         self._session = session
         self._proxy = proxy
+        # Small files' reads (see fastio_dl.client.lean); None: every read through aiohttp.
+        self._lean = lean if proxy is None else None
         self._settings = settings
         self._base = settings.api_base.rstrip("/")
         self._policy = RetryPolicy.from_settings(settings)
@@ -79,29 +87,40 @@ class ApiSession:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings, *, max_connections: int) -> AsyncIterator[Self]:
+        context = verifying_context(settings.ca_bundle)
         connector = aiohttp.TCPConnector(
-            limit=max_connections,
-            limit_per_host=0,
-            ssl=verifying_context(settings.ca_bundle),
-            ttl_dns_cache=300,
+            limit=max_connections, limit_per_host=0, ssl=context, ttl_dns_cache=300
         )
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.stall_timeout
+        )
+        user_agent = f"fastio-dl/{__version__}"
+        lean = LeanReads(
+            context,
+            user_agent=user_agent,
+            connect_timeout=settings.connect_timeout,
+            stall_timeout=settings.stall_timeout,
+            keep=max_connections,
         )
         async with aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
             read_bufsize=READ_BUFFER,
-            headers={"User-Agent": f"fastio-dl/{__version__}"},
+            headers={"User-Agent": user_agent},
             # Not trust_env: it re-reads ~/.netrc on every request. Proxies are resolved once.
             trust_env=False,
+            # No cookies: the API authenticates by header, and the official CLI keeps no cookie
+            # store either (reqwest without its "cookies" feature). A jar would filter its
+            # cookies for every request, two per small file.
+            cookie_jar=aiohttp.DummyCookieJar(),
         ) as session:
-            client = cls(session, settings, proxy=proxy_for(settings.api_base))
-            await client.ensure_login()
+            client = cls(session, settings, proxy=proxy_for(settings.api_base), lean=lean)
             try:
+                await client.ensure_login()
                 yield client
             finally:
                 client.auth.cancel_check()
+                lean.close()
 
     # -- the token (see TokenKeeper)
     @property
@@ -191,10 +210,7 @@ class ApiSession:
         return f"{self._base}/{context}/{context_id}/storage/{node}/{action}/"
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
-        async for attempt in self._policy.retrying():
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._policy.run(lambda _number: call())
 
     def _note_limits(self, headers: Mapping[str, str]) -> None:
         """An answer that says the window has no requests left holds new API calls until its

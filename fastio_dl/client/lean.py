@@ -1,0 +1,362 @@
+"""Small files' reads over a lean HTTP/1.1 client.
+
+A small file (up to 1 MiB) costs two requests, its ``/read/`` and the redirect to where the
+bytes are, and little else; aiohttp's request machinery was more than half of the event
+loop's time there (tests.benchmarks B7, 5,000 files of 64 KiB). This client does only what
+such a read needs: kept-alive connections per origin, one GET at a time on each, the answer
+parsed by httptools (the parser uvicorn uses) and kept whole in memory, redirects followed.
+Large files, and every run through a proxy, read through aiohttp.
+
+What it keeps of aiohttp's behaviour, and tests hold it to:
+
+- TLS with the run's own verifying context (certificate and host name checked);
+- a redirect that leaves the origin drops the ``Authorization`` header; with
+  ``same_origin_only`` (a File Share, whose password header goes along) it is not followed;
+- a kept-alive connection the server closed meanwhile is tried again once, on a new one;
+- ``--connect-timeout`` bounds a connection, ``--stall-timeout`` a silence;
+- an answer that is not HTTP, a broken body, a body longer than asked for: each is an error
+  of its own (the caller's short read or integrity error), never a quiet short file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from fastio_dl.errors import TransferError
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+ERROR_BODY_MAX = 64 * 1024  # of an answer that is not the bytes asked for
+MAX_REDIRECTS = 5
+# Characters a request target may carry as they are; anything else is percent-encoded.
+_TARGET_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
+
+
+class LeanAnswer:
+    """A whole answer: status, headers, and the body's chunks, or those that came before the
+    link broke (``broken`` says how)."""
+
+    def __init__(
+        self,
+        status: int,
+        headers: CIMultiDictProxy[str],
+        chunks: list[bytes],
+        broken: str | None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.chunks = chunks
+        self.broken = broken
+
+    @property
+    def content_length(self) -> int | None:
+        try:
+            return int(self.headers["Content-Length"])
+        except (KeyError, ValueError):
+            return None
+
+    async def read(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def release(self) -> None:
+        """Nothing to give back: the connection went back to its pool already."""
+
+
+class _Stale(Exception):
+    """The connection ended before a byte of the answer came (a kept-alive one the server
+    closed meanwhile): the request may be sent again on a new connection."""
+
+
+class _Connection(asyncio.Protocol):
+    """One connection; one request at a time, its answer read whole."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stall: float) -> None:
+        self._loop = loop
+        self._stall = stall
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.reusable = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._limit = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.started = False  # a byte of this answer came
+        self.headed = False  # its status line and headers came
+        self.broken: str | None = None
+
+    # -- the request
+    async def exchange(self, head: bytes, limit: int) -> None:
+        """Send ``head``; wait for the whole answer (its body up to ``limit`` bytes and one
+        more: a longer body ends the read there, for the caller to refuse)."""
+        assert self.transport is not None
+        self._reset()
+        self._limit = limit
+        self.reusable = False
+        self._waiter = self._loop.create_future()
+        self._last = self._loop.time()
+        self._timer = self._loop.call_later(self._stall, self._check_stall)
+        try:
+            self.transport.write(head)
+            await self._waiter
+        finally:
+            self._timer.cancel()
+            self._waiter = None
+
+    def _done(self, error: BaseException | None = None) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            if error is None:
+                self._waiter.set_result(None)
+            else:
+                self._waiter.set_exception(error)
+
+    def _end(self, why: str) -> None:
+        """The answer cannot go on: a body broken off, or an error before one started."""
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.abort()
+        if self.headed:
+            self.broken = why
+            self._done()
+        elif not self.started:
+            self._done(_Stale(why))
+        else:
+            self._done(TransferError(f"read: {why}", retryable=True))
+
+    def _check_stall(self) -> None:
+        silent = self._loop.time() - self._last
+        if silent < self._stall:
+            self._timer = self._loop.call_later(self._stall - silent, self._check_stall)
+        elif self.headed:
+            self._end(f"read stalled: no data for {self._stall:g} s after {self.received} bytes")
+        else:
+            self.started = True  # not stale: the server took the request and said nothing
+            self._end("timed out")
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            # Bytes nobody asked for: this connection cannot be trusted with another request.
+            self.reusable = False
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._last = self._loop.time()
+        self.started = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._end(f"the answer is not valid HTTP ({exc})")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        self.transport = None
+        if self._waiter is None or self._waiter.done():
+            return
+        if self.headed and self._until_close():
+            self._done()  # a body without a length ends with its connection
+            return
+        why = "connection closed" if exc is None else f"connection broke ({type(exc).__name__})"
+        if self.headed:
+            why = f"connection broke after {self.received} bytes"
+        self._end(why)
+
+    def _until_close(self) -> bool:
+        names = {name.lower() for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.headed = True
+        if self.status not in (200, 206):
+            self._limit = ERROR_BODY_MAX
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.received += len(body)
+        if self.received > self._limit:
+            # More than asked for: what came is handed over (the caller refuses a file body
+            # that is too long), and the rest is not read.
+            self.reusable = False
+            if self.transport is not None:
+                self.transport.abort()
+            self._done()
+
+    def on_message_complete(self) -> None:
+        self.reusable = self._parser.should_keep_alive()
+        self._done()
+
+
+class LeanReads:
+    """The run's small reads: connections kept per origin, redirects followed."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        user_agent: str,
+        connect_timeout: float,
+        stall_timeout: float,
+        keep: int,
+    ) -> None:
+        self._context = context
+        self._user_agent = user_agent
+        self._connect_timeout = connect_timeout
+        self._stall = stall_timeout
+        self._keep = keep  # idle connections kept per origin
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+
+    async def get(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        limit: int,
+        *,
+        same_origin_only: bool,
+    ) -> LeanAnswer:
+        """GET ``url``, following redirects; a 3xx to another origin comes back as it is
+        when ``same_origin_only``."""
+        sent = dict(headers)
+        parts = urlsplit(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            answer = await self._exchange(parts, sent, limit)
+            location = answer.headers.get("Location")
+            if answer.status not in REDIRECTS or not location:
+                return answer
+            try:
+                target = urlsplit(_absolute(parts.geturl(), location))
+                elsewhere = _origin(target) != _origin(parts)
+            except ValueError:  # a port that is no number, a broken IPv6 literal
+                raise TransferError("read: redirected to a malformed address") from None
+            if elsewhere:
+                if same_origin_only:
+                    return answer
+                sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
+            parts = target
+        raise TransferError(f"read: more than {MAX_REDIRECTS} redirects")
+
+    async def _exchange(
+        self, parts: SplitResult, headers: Mapping[str, str], limit: int
+    ) -> LeanAnswer:
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise TransferError(f"read: cannot follow a redirect to a {scheme or 'relative'} URL")
+        host = parts.hostname
+        if not host.isascii():
+            host = host.encode("idna").decode("ascii")
+        port = parts.port or (443 if scheme == "https" else 80)
+        authority = parts.netloc.rpartition("@")[2]
+        if not authority.isascii():
+            authority = host if parts.port is None else f"{host}:{parts.port}"
+        head = _request_head(authority, parts.path, parts.query, self._user_agent, headers)
+        key = (scheme, host, port)
+        idle = self._idle.setdefault(key, [])
+        while True:
+            connection = idle.pop() if idle else None
+            reused = connection is not None and connection.transport is not None
+            if not reused:
+                connection = await self._connect(scheme, host, port)
+            assert connection is not None
+            try:
+                await connection.exchange(head, limit)
+            except _Stale as exc:
+                if reused:
+                    continue  # closed by the server while it idled: once more, on a new one
+                raise TransferError(f"read: {exc} before an answer", retryable=True) from None
+            except BaseException:
+                if connection.transport is not None:
+                    connection.transport.abort()
+                raise
+            answer = LeanAnswer(
+                connection.status,
+                CIMultiDictProxy(
+                    CIMultiDict(
+                        (name.decode("latin-1"), value.decode("latin-1"))
+                        for name, value in connection.headers
+                    )
+                ),
+                connection.chunks,
+                connection.broken,
+            )
+            if connection.reusable and connection.transport is not None and len(idle) < self._keep:
+                idle.append(connection)
+            elif connection.transport is not None:
+                connection.transport.close()
+            return answer
+
+    async def _connect(self, scheme: str, host: str, port: int) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls = scheme == "https"
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(loop, self._stall),
+                    host,
+                    port,
+                    ssl=self._context if tls else None,
+                    server_hostname=host if tls else None,
+                )
+        except ssl.SSLCertVerificationError:
+            raise TransferError(
+                "read: TLS certificate verification failed; pass --ca-bundle PATH to trust a "
+                "private CA",
+                retryable=False,
+            ) from None
+        except ssl.SSLError as exc:
+            raise TransferError(f"read: TLS error: {exc}", retryable=False) from None
+        except TimeoutError:
+            raise TransferError(
+                f"read: cannot connect to {host}:{port} (timed out)", retryable=True
+            ) from None
+        except OSError as exc:
+            raise TransferError(
+                f"read: cannot connect to {host}:{port} ({exc.strerror or exc})", retryable=True
+            ) from None
+        return protocol
+
+    def close(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                if connection.transport is not None:
+                    connection.transport.close()
+        self._idle.clear()
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+
+
+def _absolute(base: str, location: str) -> str:
+    return urljoin(base, quote(location.strip(), safe=_TARGET_SAFE))
+
+
+def _request_head(
+    authority: str, path: str, query: str, user_agent: str, headers: Mapping[str, str]
+) -> bytes:
+    target = quote(path or "/", safe=_TARGET_SAFE)
+    if query:
+        target += "?" + quote(query, safe=_TARGET_SAFE)
+    lines = [f"GET {target} HTTP/1.1", f"Host: {authority}", f"User-Agent: {user_agent}"]
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n\0"):
+            raise TransferError(f"read: header {name!r} holds a line break", retryable=False)
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
