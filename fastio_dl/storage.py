@@ -287,7 +287,8 @@ class MemoryPart:
         self.meta = meta
         self.disk = disk
         self.path = part_path(final)
-        self.buffer = bytearray()
+        self._chunks: list[bytes] = []  # the body as it came (no copy until it is written)
+        self._size = 0
         self.is_open = False
         self._digest: tuple[int, str | None] | None = None  # (length hashed, digest)
         self._done = False  # verified and written
@@ -296,51 +297,57 @@ class MemoryPart:
 
     @property
     def offset(self) -> int:
-        return len(self.buffer)
+        return self._size
 
     def resumable_offset(self) -> int:
         return 0
 
     async def open(self, offset: int) -> None:
         if offset == 0:
-            self.buffer.clear()
+            self._chunks, self._size = [], 0
         self._digest = None
         self.is_open = True
 
     async def write(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.buffer += chunk
+        self._chunks += chunks
+        self._size += sum(map(len, chunks))
         self._digest = None
 
     async def close(self) -> None:
         self.is_open = False
 
     async def verify(self) -> str | None:
-        """Check size and hash and, when they pass, write the file: one thread hop per file
-        (hop count, not bytes, is what small files cost)."""
+        """Check size and hash and, when they pass, write the file, in one job on the run's
+        small-write threads (hand-offs, not bytes, are what small files cost)."""
         if not self._done:
-            # in_thread: a cancel waits for the write, so ``committed`` is then the truth.
+            # A cancel waits for the job to end, so ``committed`` is then the truth.
             self._warning = await self.disk.small.run(self._verify_and_write)
             self._done = True
         return self._warning
 
     def _verify_and_write(self) -> str | None:
         warning = _verify(self.offset, self.meta, self._cached_digest)
-        self.disk.write_atomic(self.final, bytes(self.buffer))
+        self.disk.write_atomic(self.final, self._body())
         self.committed = True
         return warning
+
+    def _body(self) -> bytes:
+        """The body in one piece (joined once: a body that came in one chunk is not copied)."""
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
 
     def _cached_digest(self) -> str | None:
         # verify() runs after the last attempt and again before commit: hash only once.
         if self._digest is None:
-            self._digest = (len(self.buffer), digest_of(self.meta.hash_algo, self.buffer))
+            self._digest = (self._size, digest_of(self.meta.hash_algo, self._body()))
         return self._digest[1]
 
     async def commit(self) -> None:
         await self.verify()  # verify() writes; a no-op when it already ran
 
     async def discard(self) -> None:
-        self.buffer.clear()
+        self._chunks, self._size = [], 0
 
 
 def _verify(offset: int, meta: PartMeta, digest: Any) -> str | None:

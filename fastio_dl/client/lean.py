@@ -21,6 +21,7 @@ What it keeps of aiohttp's behaviour, and tests hold it to:
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Mapping
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
@@ -35,6 +36,7 @@ ERROR_BODY_MAX = 64 * 1024  # of an answer that is not the bytes asked for
 MAX_REDIRECTS = 5
 # Characters a request target may carry as they are; anything else is percent-encoded.
 _TARGET_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
+_PLAIN = re.compile(r"[A-Za-z0-9/?#\[\]@!$&'()*+,;=:%._~-]*")
 
 
 class LeanAnswer:
@@ -344,16 +346,24 @@ def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
     return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
 
 
+def _quoted(text: str) -> str:
+    """``text`` with what a URL may not carry percent-encoded (most are plain already)."""
+    return text if _PLAIN.fullmatch(text) else quote(text, safe=_TARGET_SAFE)
+
+
 def _absolute(base: str, location: str) -> str:
-    return urljoin(base, quote(location.strip(), safe=_TARGET_SAFE))
+    location = _quoted(location.strip())
+    if location.startswith(("http://", "https://")):
+        return location  # absolute already (a CDN's address): nothing to join
+    return urljoin(base, location)
 
 
 def _request_head(
     authority: str, path: str, query: str, user_agent: str, headers: Mapping[str, str]
 ) -> bytes:
-    target = quote(path or "/", safe=_TARGET_SAFE)
+    target = _quoted(path or "/")
     if query:
-        target += "?" + quote(query, safe=_TARGET_SAFE)
+        target += "?" + _quoted(query)
     lines = [f"GET {target} HTTP/1.1", f"Host: {authority}", f"User-Agent: {user_agent}"]
     for name, value in headers.items():
         if any(c in name or c in value for c in "\r\n\0"):

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.harness import (
+    DELETED_WINDOW,
     FASTIO_DL,
     GNU_TIME,
     WS,
@@ -62,7 +63,9 @@ from tests.benchmarks.harness import (
     fastio_get,
     free_port,
     fresh_dir,
+    last_deletion,
     median,
+    remove_tree,
     require,
     run_measured,
 )
@@ -393,8 +396,8 @@ def b6(tmp: Path, sizes: list[int]) -> list[dict[str, Any]]:
                         "ratio": None,
                     }
                 )
-            shutil.rmtree(tmp / "b6-get", ignore_errors=True)
-            shutil.rmtree(synced, ignore_errors=True)
+            remove_tree(tmp / "b6-get")
+            remove_tree(synced)
         finally:
             emu.stop()
     by_label: dict[str, list[dict[str, Any]]] = {}
@@ -485,7 +488,7 @@ class Nginx:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_tree(self.tmp)
 
 
 def b7(tmp: Path, rounds: int, files: int = 5000) -> list[dict[str, Any]]:
@@ -512,14 +515,17 @@ def b7(tmp: Path, rounds: int, files: int = 5000) -> list[dict[str, Any]]:
         nginx.start()
         emu.switches(redirect_reads_to=nginx.base)
         aria, curl = require("aria2c", "aria2"), require("curl", "curl")
-        # Every run writes into a directory of its own, and none is deleted before the last run
-        # ended. On ext4 without a journal (this machine's) a new file skips, one by one, the
-        # inodes freed in the last 30 s, or 5.5 min while their table is dirty
-        # (recently_deleted() in the kernel's inode allocator): a run right after the deletion
-        # of the previous run's 5,000 files spent most of its time there (perf, curl: 2.9 of
-        # 3.4 s in openat), charged to whichever tool came next.
+        # Every run writes into a directory of its own, none is deleted before the last run
+        # ended, and the runs start 5.5 min after anything this script deleted. On ext4 without
+        # a journal (this machine's) a new file skips, one by one, every inode freed in the last
+        # 30 s, or 5.5 min while its block of the inode table is dirty, as new files next to it
+        # make it (recently_deleted() in the kernel's inode allocator). A run right after the
+        # deletion of the previous run's 5,000 files spent most of its time there (perf, curl:
+        # 2.9 of 3.4 s in openat), and curl's runs ranged from 0.9 to 3.4 s with a 30 s wait.
         outputs = tmp / "b7-runs"
         made = iter(range(10**6))
+        os.sync()
+        time.sleep(max(0.0, DELETED_WINDOW - (time.monotonic() - last_deletion())))
 
         def out(tool: str) -> Path:
             return fresh_dir(outputs / f"{tool}-{next(made)}")
@@ -542,7 +548,7 @@ def b7(tmp: Path, rounds: int, files: int = 5000) -> list[dict[str, Any]]:
     finally:
         nginx.stop()
         emu.stop()
-        shutil.rmtree(tmp / "b7-runs", ignore_errors=True)
+        remove_tree(tmp / "b7-runs")
 
 
 def machine() -> str:

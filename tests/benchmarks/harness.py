@@ -204,8 +204,25 @@ def run_measured(tool: str, argv: list[str], cwd: Path | None = None) -> Run:
     )
 
 
+# How long freed inodes slow down new files on ext4 without a journal (see B7), and when this
+# script last deleted files; at start, whatever ran before may have just done so.
+DELETED_WINDOW = 335.0
+_deleted_at = time.monotonic()
+
+
+def remove_tree(path: Path) -> None:
+    global _deleted_at
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        _deleted_at = time.monotonic()
+
+
+def last_deletion() -> float:
+    return _deleted_at
+
+
 def fresh_dir(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
     path.mkdir(parents=True)
     return path
 
