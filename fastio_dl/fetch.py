@@ -165,7 +165,7 @@ class Fetcher:
                 token=state.token,
                 start=offset,
                 version_id=remote.read_version,
-                whole=self._whole(part, remote.size - offset),
+                whole=self._whole(part, remote.size),
             ) as stream:
                 if offset > 0:
                     cr = stream.content_range
@@ -184,10 +184,12 @@ class Fetcher:
         if part.offset < remote.size:
             raise ShortReadError(f"body ended after {part.offset} of {remote.size} bytes")
 
-    def _whole(self, part: Part, left: int) -> int | None:
-        """A small file's answer is read whole (it is kept in memory anyway), unless
-        ``--limit-rate`` paces it: the pace must hold on the wire, not after the bytes came."""
-        return left if isinstance(part, MemoryPart) and self.limiter is None else None
+    def _whole(self, part: Part, size: int) -> int | None:
+        """A small file's answer is read whole (it is kept in memory anyway), up to the whole
+        file even when resuming (a server that ignores Range sends it all again; the pump
+        refuses more than is left), unless ``--limit-rate`` paces it: the pace must hold on
+        the wire, not after the bytes came."""
+        return size if isinstance(part, MemoryPart) and self.limiter is None else None
 
     async def pump(
         self,

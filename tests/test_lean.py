@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fastio_dl.client.lean import LeanAnswer, LeanReads
-from fastio_dl.emulator import DatasetSpec
+from fastio_dl.emulator import DatasetSpec, Fault, SeededBlob
 from fastio_dl.errors import TransferError
 from tests.conftest import Served
 
@@ -188,8 +188,13 @@ def test_a_broken_body_says_how_far_it_got() -> None:
         ([raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", then_wait=1.0)], "not valid HTTP", True),
         ([raw(b"", then_wait=3.0)], "timed out", True),
         ([raw(b"")], "closed", True),
+        (
+            [raw(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", then_wait=1.0)],
+            "headers are over 64 KiB",
+            True,
+        ),
     ],
-    ids=["not http", "silence", "closed at once"],
+    ids=["not http", "silence", "closed at once", "endless headers"],
 )
 def test_an_answer_that_never_comes_is_a_clear_error(
     script: list[Answer], said: str, retryable: bool
@@ -295,7 +300,7 @@ def test_small_files_read_through_it_unless_the_rate_is_paced(
     real = LeanReads.get
 
     async def counted(self: LeanReads, url: str, *args: Any, **kwargs: Any) -> LeanAnswer:
-        asked.append(args[1])  # the body limit: what is left of the file
+        asked.append(args[1])  # the body limit: the file's size
         return await real(self, url, *args, **kwargs)
 
     monkeypatch.setattr(LeanReads, "get", counted)
@@ -312,3 +317,63 @@ def test_small_files_read_through_it_unless_the_rate_is_paced(
     )
     assert paced.exit_code == 0, paced.stderr
     assert asked == []
+
+
+def test_a_resumed_small_file_takes_the_whole_body_when_range_is_ignored(
+    served: Served, tmp_path: Path
+) -> None:
+    """After a drop at 20,000 bytes the retry asks for the rest; a server that ignores Range
+    sends the whole file again, in pieces (a bandwidth cap): all of it is read and the file
+    starts over from byte zero, where reading only what was left would cut it short on
+    every retry."""
+    node = served.server.call(
+        lambda: served.space.add_file("root", "small.bin", SeededBlob(5, 50_000))
+    )
+    faults = [Fault("drop", after_bytes=20_000, times=1), Fault("ignore_range")]
+    served.server.call(lambda: served.emulator.set_faults(faults))
+    served.emulator.switches.bandwidth = 400_000  # 20,000-byte pieces, paced
+    done = served.cli("get", f"ws:{served.ws}/{node.id}", "-d", str(tmp_path), "--retries", "2")
+    served.emulator.switches.bandwidth = 0
+    assert done.exit_code == 0, done.stderr
+    assert (tmp_path / "small.bin").read_bytes() == node.blob.read(0, 50_000)
+    counters = served.emulator.counters
+    assert counters["fault:drop"] == 1 and counters["fault:ignore_range"] >= 1
+
+
+def test_interim_answers_are_skipped_and_a_protocol_switch_is_refused() -> None:
+    early = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfile1"
+    )
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+
+    async def main() -> None:
+        async with Scripted([raw(early, keep=True), reply(b"file2"), raw(switch)]) as server:
+            reads = lean()
+            first = await fetch(reads, server.base + "/a")
+            second = await fetch(reads, server.base + "/b")
+            with pytest.raises(TransferError, match="switched protocols") as caught:
+                await fetch(reads, server.base + "/c")
+            reads.close()
+        assert (first.status, body(first), "Link" in first.headers) == (200, b"file1", False)
+        assert body(second) == b"file2"  # its own body, on the same connection
+        assert server.connections == 1 and not caught.value.retryable
+
+    asyncio.run(main())
+
+
+def test_a_redirect_to_a_malformed_host_name_is_a_clear_error() -> None:
+    bad = reply(
+        status="302 Found", headers="Location: http://\u00f1..com/x\r\n".encode().decode("latin-1")
+    )
+
+    async def main() -> None:
+        async with Scripted([bad]) as server:
+            reads = lean()
+            with pytest.raises(TransferError, match="malformed host name"):
+                await fetch(reads, server.base + "/a")
+            reads.close()
+
+    asyncio.run(main())

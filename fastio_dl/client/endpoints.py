@@ -240,10 +240,12 @@ class FastioClient(ApiSession):
                 raise network_error("read", exc) from exc
         try:
             if 300 <= response.status < 400:
-                raise TransferError(
-                    f"read: HTTP {response.status} redirect to another origin not followed "
-                    "(it would carry the File Share's link password there)"
-                )
+                if fileshare and response.headers.get("Location"):
+                    raise TransferError(
+                        f"read: HTTP {response.status} redirect to another origin not followed "
+                        "(it would carry the File Share's link password there)"
+                    )
+                raise TransferError(f"read: HTTP {response.status} without an address to follow")
             if response.status >= 400:
                 try:
                     body: Any = decoded(await response.read())

@@ -24,7 +24,7 @@ import asyncio
 import re
 import ssl
 from collections.abc import Mapping
-from urllib.parse import SplitResult, quote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, urljoin, urlsplit, urlunsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -33,6 +33,8 @@ from fastio_dl.errors import TransferError
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 ERROR_BODY_MAX = 64 * 1024  # of an answer that is not the bytes asked for
+HEADERS_MAX = 64 * 1024  # an answer's header lines together
+SWITCHED = "read: the server switched protocols (HTTP 101) on a plain GET"
 MAX_REDIRECTS = 5
 # Characters a request target may carry as they are; anything else is percent-encoded.
 _TARGET_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
@@ -75,7 +77,11 @@ class _Stale(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One connection; one request at a time, its answer read whole."""
+    """One connection; one request at a time, its answer read whole.
+
+    An answer is taken once: complete, cut off (too long), broken or failed. Whatever the
+    parser reports after that (bytes of another answer in the same read) only marks the
+    connection unusable; interim answers (1xx) are skipped, as HTTP/1.1 says."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stall: float) -> None:
         self._loop = loop
@@ -87,15 +93,19 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._limit = 0
+        self._asked = 0
         self._reset()
 
     def _reset(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
         self.chunks: list[bytes] = []
         self.received = 0
         self.started = False  # a byte of this answer came
-        self.headed = False  # its status line and headers came
+        self.headed = False  # its (final) status line and headers came
+        self._interim = False  # the headers are a 1xx answer's, to be skipped
+        self._taken = False  # the answer is settled: nothing the parser says changes it
         self.broken: str | None = None
 
     # -- the request
@@ -104,7 +114,7 @@ class _Connection(asyncio.Protocol):
         more: a longer body ends the read there, for the caller to refuse)."""
         assert self.transport is not None
         self._reset()
-        self._limit = limit
+        self._asked = self._limit = limit
         self.reusable = False
         self._waiter = self._loop.create_future()
         self._last = self._loop.time()
@@ -116,25 +126,32 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._waiter = None
 
-    def _done(self, error: BaseException | None = None) -> None:
+    def _settle(self, error: BaseException | None = None) -> None:
+        self._taken = True
         if self._waiter is not None and not self._waiter.done():
             if error is None:
                 self._waiter.set_result(None)
             else:
                 self._waiter.set_exception(error)
 
-    def _end(self, why: str) -> None:
-        """The answer cannot go on: a body broken off, or an error before one started."""
+    def _drop(self) -> None:
+        """This connection carries no other request."""
         self.reusable = False
         if self.transport is not None:
             self.transport.abort()
+
+    def _end(self, why: str) -> None:
+        """The answer cannot go on: a body broken off, or an error before one started."""
+        self._drop()
+        if self._taken:
+            return
         if self.headed:
             self.broken = why
-            self._done()
+            self._settle()
         elif not self.started:
-            self._done(_Stale(why))
+            self._settle(_Stale(why))
         else:
-            self._done(TransferError(f"read: {why}", retryable=True))
+            self._settle(TransferError(f"read: {why}", retryable=True))
 
     def _check_stall(self) -> None:
         silent = self._loop.time() - self._last
@@ -151,26 +168,27 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
+        if self._waiter is None or self._taken:
             # Bytes nobody asked for: this connection cannot be trusted with another request.
-            self.reusable = False
-            if self.transport is not None:
-                self.transport.abort()
+            self._drop()
             return
         self._last = self._loop.time()
         self.started = True
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._drop()
+            self._settle(TransferError(SWITCHED))
         except httptools.HttpParserError as exc:
             self._end(f"the answer is not valid HTTP ({exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         self.transport = None
-        if self._waiter is None or self._waiter.done():
+        if self._waiter is None or self._taken:
             return
-        if self.headed and self._until_close():
-            self._done()  # a body without a length ends with its connection
+        if self.headed and exc is None and self._until_close():
+            self._settle()  # a body without a length ends with its connection
             return
         why = "connection closed" if exc is None else f"connection broke ({type(exc).__name__})"
         if self.headed:
@@ -183,28 +201,45 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._taken:
+            return self._drop()
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > HEADERS_MAX:
+            return self._end(f"the answer's headers are over {HEADERS_MAX // 1024} KiB")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._taken:
+            return self._drop()
         self.status = self._parser.get_status_code()
+        if self.status == 101:
+            self._drop()
+            return self._settle(TransferError(SWITCHED))
+        if 100 <= self.status < 200:
+            self._interim = True  # 100 Continue, 103 Early Hints: the answer is still to come
+            return
         self.headed = True
-        if self.status not in (200, 206):
-            self._limit = ERROR_BODY_MAX
+        self._limit = self._asked if self.status in (200, 206) else ERROR_BODY_MAX
 
     def on_body(self, body: bytes) -> None:
+        if self._taken:
+            return self._drop()
         self.chunks.append(body)
         self.received += len(body)
         if self.received > self._limit:
             # More than asked for: what came is handed over (the caller refuses a file body
             # that is too long), and the rest is not read.
-            self.reusable = False
-            if self.transport is not None:
-                self.transport.abort()
-            self._done()
+            self._drop()
+            self._settle()
 
     def on_message_complete(self) -> None:
+        if self._taken:
+            return self._drop()
+        if self._interim:
+            self.headers, self._header_bytes, self._interim = [], 0, False
+            return
         self.reusable = self._parser.should_keep_alive()
-        self._done()
+        self._settle()
 
 
 class LeanReads:
@@ -263,7 +298,10 @@ class LeanReads:
             raise TransferError(f"read: cannot follow a redirect to a {scheme or 'relative'} URL")
         host = parts.hostname
         if not host.isascii():
-            host = host.encode("idna").decode("ascii")
+            try:
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise TransferError("read: redirected to a malformed host name") from None
         port = parts.port or (443 if scheme == "https" else 80)
         authority = parts.netloc.rpartition("@")[2]
         if not authority.isascii():
@@ -273,7 +311,8 @@ class LeanReads:
         idle = self._idle.setdefault(key, [])
         while True:
             connection = idle.pop() if idle else None
-            reused = connection is not None and connection.transport is not None
+            kept = connection.transport if connection is not None else None
+            reused = kept is not None and not kept.is_closing()
             if not reused:
                 connection = await self._connect(scheme, host, port)
             assert connection is not None
@@ -298,10 +337,13 @@ class LeanReads:
                 connection.chunks,
                 connection.broken,
             )
-            if connection.reusable and connection.transport is not None and len(idle) < self._keep:
+            transport = connection.transport
+            open_ = transport is not None and not transport.is_closing()
+            if connection.reusable and open_ and len(idle) < self._keep:
                 idle.append(connection)
-            elif connection.transport is not None:
-                connection.transport.close()
+                return answer
+            if transport is not None:
+                transport.close()
             return answer
 
     async def _connect(self, scheme: str, host: str, port: int) -> _Connection:
@@ -328,6 +370,8 @@ class LeanReads:
             raise TransferError(
                 f"read: cannot connect to {host}:{port} (timed out)", retryable=True
             ) from None
+        except UnicodeError:  # an empty or overlong label, as the resolver reads it
+            raise TransferError("read: redirected to a malformed host name") from None
         except OSError as exc:
             raise TransferError(
                 f"read: cannot connect to {host}:{port} ({exc.strerror or exc})", retryable=True
@@ -352,10 +396,14 @@ def _quoted(text: str) -> str:
 
 
 def _absolute(base: str, location: str) -> str:
-    location = _quoted(location.strip())
-    if location.startswith(("http://", "https://")):
-        return location  # absolute already (a CDN's address): nothing to join
-    return urljoin(base, location)
+    """``location`` resolved against ``base``, its path and query percent-encoded where they
+    must be (its host is left alone: an international name is encoded for the connection)."""
+    parts = urlsplit(location.strip())
+    path, query = _quoted(parts.path), _quoted(parts.query)
+    if parts.scheme.lower() in ("http", "https") and parts.netloc:
+        # Absolute already (a CDN's address): nothing to join.
+        return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+    return urljoin(base, urlunsplit((parts.scheme, parts.netloc, path, query, "")))
 
 
 def _request_head(
