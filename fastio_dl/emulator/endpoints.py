@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from fastio_dl.emulator.wire import error, find_version, list_payload, ok, versions_json
+from fastio_dl.emulator.wire import error, list_payload, ok, version_blob, versions_json
 
 if TYPE_CHECKING:
     from fastio_dl.emulator.server import Emulator
@@ -64,12 +64,10 @@ class Endpoints:
         return web.json_response(body, status=200 if nodes else 404)
 
     async def list_folder(self, request: web.Request) -> web.Response:
-        found = self.em.storage_node(request)
+        found = self.em.storage_node(request, "folder")
         if isinstance(found, web.Response):
             return found
         space, node = found
-        if node is None or node.type != "folder":
-            return error(404, 1404, "Folder not found")
         try:
             page_size = int(request.query.get("page_size", "100"))
         except ValueError:
@@ -97,12 +95,10 @@ class Endpoints:
         )
 
     async def versions(self, request: web.Request) -> web.Response:
-        found = self.em.storage_node(request)
+        found = self.em.storage_node(request, "file")
         if isinstance(found, web.Response):
             return found
         _, node = found
-        if node is None or node.type != "file":
-            return error(404, 1404, "File not found")
         return ok({"versions": versions_json(node)})
 
     async def read_note(self, request: web.Request) -> web.Response:
@@ -110,17 +106,16 @@ class Endpoints:
         if isinstance(found, web.Response):
             return found
         _, node = found
-        if node is None:
-            return error(404, 1404, "Node not found")
         if node.type != "note":
             return error(400, 1400, f"A {node.type} is not a note")
         text = node.note_text
         version_id = request.query.get("version_id")
         if version_id:
-            version = find_version(node, version_id)
-            if isinstance(version, web.Response):
-                return version
-            text = bytes(version.blob.read(0, version.blob.size)).decode()
+            blob = version_blob(node, version_id)
+            if isinstance(blob, web.Response):
+                return blob
+            assert blob is not None  # a version always has its bytes
+            text = bytes(blob.read(0, blob.size)).decode()
         return ok({"content": text, "note": node.to_json()})
 
     async def oauth_token(self, request: web.Request) -> web.Response:
@@ -176,13 +171,9 @@ class Endpoints:
         if isinstance(found, web.Response):
             return found
         space, node = found
-        if node is None:
-            return error(404, 1404, "Node not found")
-        version_id = request.query.get("version_id")
-        if version_id:
-            version = find_version(node, version_id)
-            if isinstance(version, web.Response):
-                return version
+        pinned = version_blob(node, request.query.get("version_id"))
+        if isinstance(pinned, web.Response):
+            return pinned
         token = "rt." + secrets.token_urlsafe(24)
         self.em.read_tokens[token] = (space.kind, space.id, node.id, time.time() + READ_TOKEN_TTL)
         self.em.counters["tokens_minted"] += 1

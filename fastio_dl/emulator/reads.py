@@ -15,7 +15,7 @@ from aiohttp import web
 from fastio_dl.emulator.data import Blob, Node
 from fastio_dl.emulator.endpoints import READ_TOKEN_TTL
 from fastio_dl.emulator.switches import Fault
-from fastio_dl.emulator.wire import abort, error, find_version, header_safe, parse_range
+from fastio_dl.emulator.wire import abort, error, header_safe, parse_range, version_blob
 
 if TYPE_CHECKING:
     from fastio_dl.emulator.server import Emulator
@@ -45,13 +45,9 @@ class Reads:
         if isinstance(share, web.Response):
             return share
         node = share.node
-        blob = node.blob
-        version_id = request.match_info.get("vid")
-        if version_id:
-            version = find_version(node, version_id)
-            if isinstance(version, web.Response):
-                return version
-            blob = version.blob
+        blob = version_blob(node, request.match_info.get("vid"))
+        if isinstance(blob, web.Response):
+            return blob
         if blob is None:
             return error(400, 1400, f"A {node.type} has no bytes to read")
         self.em.counters["fileshare_read"] += 1
@@ -86,13 +82,10 @@ class Reads:
             return error(404, 1404, "Node not found")
         if node.type != "file" or node.blob is None:
             return error(400, 1400, f"A {node.type} has no bytes to read")
-        blob = node.blob
-        version_id = request.query.get("version_id")
-        if version_id:
-            version = find_version(node, version_id)
-            if isinstance(version, web.Response):
-                return version
-            blob = version.blob
+        blob = version_blob(node, request.query.get("version_id"))
+        if isinstance(blob, web.Response):
+            return blob
+        assert blob is not None  # a file's versions have bytes, as the file does
         return await self._serve(request, node, blob)
 
     async def _serve(self, request: web.Request, node: Node, blob: Blob) -> web.StreamResponse:

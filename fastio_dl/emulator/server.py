@@ -309,16 +309,21 @@ class Emulator:
         return space.nodes.get(key)
 
     # ------------------------------------------------------------------ endpoints
-    def storage_node(self, request: web.Request) -> tuple[Space, Node | None] | web.Response:
-        """The space and node (None: no such node) a storage call names, once its token passed;
-        else the refusal to send."""
+    def storage_node(
+        self, request: web.Request, kind: str | None = None
+    ) -> tuple[Space, Node] | web.Response:
+        """The space and node a storage call names, once its token passed; else the refusal
+        to send, or the 404 for a node that does not exist (or is not a ``kind``)."""
         denied = self.auth(request)
         if denied:
             return denied
         space = self.space(request)
         if isinstance(space, web.Response):
             return space
-        return space, self.node(space, request.match_info["node"])
+        node = self.node(space, request.match_info["node"])
+        if node is None or (kind is not None and node.type != kind):
+            return error(404, 1404, f"{(kind or 'node').capitalize()} not found")
+        return space, node
 
     def fileshare(self, request: web.Request) -> FileShare | web.Response:
         share = self.store.fileshares.get(request.match_info["fsid"])

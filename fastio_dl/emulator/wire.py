@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fastio_dl.emulator.data import Node, Version
+from fastio_dl.emulator.data import Blob, Node, Version
 
 
 def versions_json(node: Node) -> list[dict[str, Any]]:
@@ -31,6 +31,15 @@ def find_version(node: Node, version_id: str) -> Version | web.Response:
         if version.id == version_id:
             return version
     return error(404, 1404, "Version not found")
+
+
+def version_blob(node: Node, version_id: str | None) -> Blob | web.Response | None:
+    """The bytes a read names: the node's own, or with ``version_id`` that version's (or the
+    404 to answer when it has none such)."""
+    if not version_id:
+        return node.blob
+    version = find_version(node, version_id)
+    return version if isinstance(version, web.Response) else version.blob
 
 
 def abort(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
