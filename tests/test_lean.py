@@ -178,6 +178,7 @@ def test_a_broken_body_says_how_far_it_got() -> None:
             reads.close()
         assert body(answer) == b"y" * 300
         assert answer.broken == "connection broke after 300 bytes"
+        assert answer.hint is None
 
     asyncio.run(main())
 
@@ -221,6 +222,7 @@ def test_a_body_that_stalls_is_broken_off_after_the_stall_timeout() -> None:
             waited = asyncio.get_running_loop().time() - started
             reads.close()
         assert answer.broken == "read stalled: no data for 0.3 s after 10 bytes"
+        assert answer.hint is not None and "--stall-timeout" in answer.hint
         assert 0.25 < waited < 2.0
 
     asyncio.run(main())

@@ -29,6 +29,7 @@ from urllib.parse import SplitResult, quote, urljoin, urlsplit, urlunsplit
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from fastio_dl.client.reads import STALL_HINT, origin_of_parts
 from fastio_dl.errors import TransferError
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -43,7 +44,7 @@ _PLAIN = re.compile(r"[A-Za-z0-9/?#\[\]@!$&'()*+,;=:%._~-]*")
 
 class LeanAnswer:
     """A whole answer: status, headers, and the body's chunks, or those that came before the
-    link broke (``broken`` says how)."""
+    link broke (``broken`` says how, ``hint`` what to do about it)."""
 
     def __init__(
         self,
@@ -51,11 +52,13 @@ class LeanAnswer:
         headers: CIMultiDictProxy[str],
         chunks: list[bytes],
         broken: str | None,
+        hint: str | None = None,
     ) -> None:
         self.status = status
         self.headers = headers
         self.chunks = chunks
         self.broken = broken
+        self.hint = hint
 
     @property
     def content_length(self) -> int | None:
@@ -107,6 +110,7 @@ class _Connection(asyncio.Protocol):
         self._interim = False  # the headers are a 1xx answer's, to be skipped
         self._taken = False  # the answer is settled: nothing the parser says changes it
         self.broken: str | None = None
+        self.hint: str | None = None  # what to do about a break
 
     # -- the request
     async def exchange(self, head: bytes, limit: int) -> None:
@@ -140,13 +144,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _end(self, why: str) -> None:
+    def _end(self, why: str, hint: str | None = None) -> None:
         """The answer cannot go on: a body broken off, or an error before one started."""
         self._drop()
         if self._taken:
             return
         if self.headed:
-            self.broken = why
+            self.broken, self.hint = why, hint
             self._settle()
         elif not self.started:
             self._settle(_Stale(why))
@@ -158,7 +162,10 @@ class _Connection(asyncio.Protocol):
         if silent < self._stall:
             self._timer = self._loop.call_later(self._stall - silent, self._check_stall)
         elif self.headed:
-            self._end(f"read stalled: no data for {self._stall:g} s after {self.received} bytes")
+            self._end(
+                f"read stalled: no data for {self._stall:g} s after {self.received} bytes",
+                STALL_HINT,
+            )
         else:
             self.started = True  # not stale: the server took the request and said nothing
             self._end("timed out")
@@ -280,7 +287,7 @@ class LeanReads:
                 return answer
             try:
                 target = urlsplit(_absolute(parts.geturl(), location))
-                elsewhere = _origin(target) != _origin(parts)
+                elsewhere = origin_of_parts(target) != origin_of_parts(parts)
             except ValueError:  # a port that is no number, a broken IPv6 literal
                 raise TransferError("read: redirected to a malformed address") from None
             if elsewhere:
@@ -336,6 +343,7 @@ class LeanReads:
                 ),
                 connection.chunks,
                 connection.broken,
+                connection.hint,
             )
             transport = connection.transport
             open_ = transport is not None and not transport.is_closing()
@@ -384,10 +392,6 @@ class LeanReads:
                 if connection.transport is not None:
                     connection.transport.close()
         self._idle.clear()
-
-
-def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
-    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
 
 
 def _quoted(text: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 
@@ -28,6 +28,8 @@ class Whole(Protocol):
     def chunks(self) -> list[bytes]: ...
     @property
     def broken(self) -> str | None: ...
+    @property
+    def hint(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,8 @@ class ReadStream:
             for chunk in self._response.chunks:
                 self.received += len(chunk)
                 yield chunk
-            broken = self._response.broken
-            if broken is not None:
-                stalled = broken.startswith("read stalled")
-                raise ShortReadError(broken, STALL_HINT if stalled else None)
+            if self._response.broken is not None:
+                raise ShortReadError(self._response.broken, self._response.hint)
             self._check_length()
             return
         content = self._response.content
@@ -104,5 +104,9 @@ class ReadStream:
 
 
 def origin_of(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
+    return origin_of_parts(urlsplit(url))
+
+
+def origin_of_parts(parts: SplitResult) -> tuple[str, str, int | None]:
+    """A split URL's origin: scheme, host, port (ValueError for a port that is no number)."""
     return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
