@@ -94,11 +94,11 @@ class Flusher:
         self.each = each
         self._take = take
         self._pending: list[Callable[[str | None], None]] = []
-        self._device_of: dict[Path, int] = {}  # each directory written to: its file system
+        self._device_of: dict[str, int] = {}  # each directory written to: its file system
         # This group's work: a directory on each file system holding bytes not yet synced, and
         # the directories of files whose bytes are synced but whose names are not.
-        self._devices: dict[int, Path] = {}
-        self._dirs: set[Path] = set()
+        self._devices: dict[int, str] = {}
+        self._dirs: set[str] = set()
         self._due = asyncio.Event()  # a group is full, or the run ends
         self._wake = asyncio.Event()  # something is pending
         self._drained = asyncio.Event()
@@ -113,7 +113,7 @@ class Flusher:
     ) -> None:
         """Call ``done(None)`` once ``path`` (written, named) is durable, or ``done(error)``.
         ``synced``: its bytes were fsynced before it got its name; only the name is left."""
-        directory = path.parent
+        directory = os.path.dirname(path) or "."
         if synced or self.each:
             self._dirs.add(directory)
         else:
@@ -124,7 +124,7 @@ class Flusher:
                 except OSError:
                     device = -1  # gone already: the destination's file system stands in
             if device not in self._devices:
-                self._devices[device] = self.dest if device == -1 else directory
+                self._devices[device] = str(self.dest) if device == -1 else directory
         self._pending.append(done)
         self._wake.set()
         if len(self._pending) >= FLUSH_FILES:
@@ -185,7 +185,7 @@ class Flusher:
         await self.flush()
 
 
-def _make_durable(devices: list[Path], dirs: list[Path]) -> None:
+def _make_durable(devices: list[str], dirs: list[str]) -> None:
     """syncfs(2) the file system of each of ``devices``; fsync each of ``dirs`` on another."""
     synced: set[int] = set()
     for directory in devices:

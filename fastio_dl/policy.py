@@ -72,9 +72,9 @@ class GetPolicy:
         return None
 
     async def decide(self, item: PlanItem, final: str) -> Decision:
-        path = Path(final)
-        if not self.local.exists(path):
+        if not self.local.exists(final):
             return Decision()
+        path = Path(final)
         remote = item.remote
         if await matches_local(path, remote.size, remote.hash_algo, remote.hash):
             return Decision(Kind.PRESENT, "already present and verified")
@@ -139,8 +139,8 @@ class SyncPolicy:
             and local_matches_record(final, record)
         ):
             return UP_TO_DATE
-        path = Path(final)
-        if self.local.exists(path):
+        if self.local.exists(final):
+            path = Path(final)
             if await matches_local(path, remote.size, remote.hash_algo, remote.hash):
                 if self.dry_run:
                     return Decision(Kind.WOULD_ADOPT, "dry run: would adopt (identical local file)")

@@ -43,9 +43,10 @@ class EmptyAtStart:
     """
 
     def __init__(self) -> None:
-        self._known: dict[Path, bool] = {}
+        self._known: dict[str, bool] = {}
 
-    def holds_nothing(self, directory: Path) -> bool:
+    def holds_nothing(self, directory: str | Path) -> bool:
+        directory = os.fspath(directory)
         if directory not in self._known:
             # The first answer stands: it was read before this run created anything there.
             # Read on the event loop: one directory entry (usually of a directory that does not
@@ -53,15 +54,15 @@ class EmptyAtStart:
             self._known[directory] = _holds_nothing(directory)
         return self._known[directory]
 
-    def exists(self, path: Path) -> bool:
+    def exists(self, path: str) -> bool:
         """Whether a planned file is there already: no stat when its directory held nothing.
         On the event loop: one stat at most, where a thread hop per file would cost more."""
-        if self.holds_nothing(path.parent):
+        if self.holds_nothing(os.path.dirname(path) or "."):
             return False
-        return path.exists()
+        return os.path.exists(path)
 
 
-def _holds_nothing(directory: Path) -> bool:
+def _holds_nothing(directory: str) -> bool:
     try:
         with os.scandir(directory) as entries:
             return next(entries, None) is None
@@ -241,7 +242,7 @@ def _write_part(final: Path, data: bytes, sync: bool) -> None:
 def _write_unnamed(final: Path, data: bytes, sync: bool) -> bool:
     """Write ``final`` through an unnamed file; False when its directory does not exist yet."""
     try:
-        fd = os.open(final.parent, os.O_WRONLY | _O_TMPFILE, 0o644)
+        fd = os.open(os.path.dirname(final) or ".", os.O_WRONLY | _O_TMPFILE, 0o644)
     except FileNotFoundError:
         return False
     try:
@@ -286,7 +287,6 @@ class MemoryPart:
         self.final = final
         self.meta = meta
         self.disk = disk
-        self.path = part_path(final)
         self._chunks: list[bytes] = []  # the body as it came (no copy until it is written)
         self._size = 0
         self.is_open = False
@@ -294,6 +294,11 @@ class MemoryPart:
         self._done = False  # verified and written
         self.committed = False  # the final name is in place (set by the writing thread)
         self._warning: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where a ``.part`` would be (a small file never has one of its own)."""
+        return part_path(self.final)
 
     @property
     def offset(self) -> int:

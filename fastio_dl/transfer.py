@@ -317,9 +317,8 @@ class Engine:
             else PartFile(final, meta, self.disk)
         )
         self._parts[item.key] = part  # a cancel must learn whether its final name is in place
-        guard = self.prep.guard
-        guard.check(final)
-        guard.check(part.path)
+        # Checked again (prepared a while ago); a .part is always beside its final name.
+        self.prep.guard.check(final)
         fetcher = self.fetcher
         if token is None and fetcher.reads_want_tokens:
             token = await fetcher.mint(item)  # prepared before auto mode learnt to mint

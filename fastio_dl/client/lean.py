@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Mapping
-from urllib.parse import SplitResult, quote, urljoin, urlsplit, urlunsplit
+from collections.abc import Iterator, Mapping
+from typing import NamedTuple
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from fastio_dl.client.reads import STALL_HINT, origin_of_parts
 from fastio_dl.errors import TransferError
@@ -40,6 +40,49 @@ MAX_REDIRECTS = 5
 # Characters a request target may carry as they are; anything else is percent-encoded.
 _TARGET_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
 _PLAIN = re.compile(r"[A-Za-z0-9/?#\[\]@!$&'()*+,;=:%._~-]*")
+# An absolute http(s) URL of plain characters only (what the API and storage servers send):
+# split here without urlsplit, its origin looked up in a cache. Anything else takes the long way.
+_PLAIN_URL = re.compile(
+    r"((?i:https?)://[A-Za-z0-9\[\]@!$&'()*+,;=:%._~-]+)"
+    r"(/[A-Za-z0-9/\[\]@!$&'()*+,;=:%._~-]*)?"
+    r"(?:\?([A-Za-z0-9/?\[\]@!$&'()*+,;=:%._~-]*))?"
+    r"(?:#.*)?"
+)
+ORIGINS_KEPT = 256  # origins whose split is remembered (a CDN may name a host per file)
+
+
+class _Origin(NamedTuple):
+    """Where a request goes: what the connection needs, and who it is for a redirect."""
+
+    text: str  # scheme://authority, as the URL spelt it
+    scheme: str  # lower case: http or https
+    host: str  # as connected to (an international name encoded)
+    port: int
+    authority: str  # the Host header's value
+    who: tuple[str, str, int | None]  # origin_of_parts(): compared across a redirect
+
+
+class _Headers(Mapping[str, str]):
+    """An answer's headers as the parser gave them, looked up without case (decoded only when
+    asked for: an answer has a handful, and a read asks for two or three)."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def __getitem__(self, name: str) -> str:
+        wanted = name.lower().encode("latin-1")
+        for key, value in self._raw:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key.decode("latin-1") for key, _ in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 class LeanAnswer:
@@ -49,7 +92,7 @@ class LeanAnswer:
     def __init__(
         self,
         status: int,
-        headers: CIMultiDictProxy[str],
+        headers: Mapping[str, str],
         chunks: list[bytes],
         broken: str | None,
         hint: str | None = None,
@@ -267,6 +310,7 @@ class LeanReads:
         self._stall = stall_timeout
         self._keep = keep  # idle connections kept per origin
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._origins: dict[str, _Origin] = {}  # by scheme://authority as URLs spell it
 
     async def get(
         self,
@@ -279,49 +323,57 @@ class LeanReads:
         """GET ``url``, following redirects; a 3xx to another origin comes back as it is
         when ``same_origin_only``."""
         sent = dict(headers)
-        parts = urlsplit(url)
+        origin, target = self._split(url)
         for _ in range(MAX_REDIRECTS + 1):
-            answer = await self._exchange(parts, sent, limit)
+            answer = await self._exchange(origin, target, sent, limit)
             location = answer.headers.get("Location")
             if answer.status not in REDIRECTS or not location:
                 return answer
             try:
-                target = urlsplit(_absolute(parts.geturl(), location))
-                elsewhere = origin_of_parts(target) != origin_of_parts(parts)
+                moved, target = self._split(location, base=origin.text + target)
             except ValueError:  # a port that is no number, a broken IPv6 literal
                 raise TransferError("read: redirected to a malformed address") from None
-            if elsewhere:
+            if moved.who != origin.who:
                 if same_origin_only:
                     return answer
                 sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
-            parts = target
+            origin = moved
         raise TransferError(f"read: more than {MAX_REDIRECTS} redirects")
 
+    def _split(self, url: str, *, base: str | None = None) -> tuple[_Origin, str]:
+        """``url`` (resolved against ``base``) as its origin and its request target. A plain
+        absolute URL is cut here, its origin remembered; anything else is resolved, its path
+        and query percent-encoded where they must be."""
+        plain = _PLAIN_URL.fullmatch(url)
+        if plain is None:
+            if base is not None:
+                url = _absolute(base, url)
+            parts = urlsplit(url)
+            origin_text = f"{parts.scheme}://{parts.netloc}"
+            path, query = _quoted(parts.path), _quoted(parts.query)
+        else:
+            origin_text, path, query = plain.group(1, 2, 3)
+        origin = self._origins.get(origin_text)
+        if origin is None:
+            origin = _origin(origin_text)
+            if len(self._origins) >= ORIGINS_KEPT:
+                self._origins.clear()
+            self._origins[origin_text] = origin
+        target = path or "/"
+        return origin, target + "?" + query if query else target
+
     async def _exchange(
-        self, parts: SplitResult, headers: Mapping[str, str], limit: int
+        self, origin: _Origin, target: str, headers: Mapping[str, str], limit: int
     ) -> LeanAnswer:
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise TransferError(f"read: cannot follow a redirect to a {scheme or 'relative'} URL")
-        host = parts.hostname
-        if not host.isascii():
-            try:
-                host = host.encode("idna").decode("ascii")
-            except UnicodeError:
-                raise TransferError("read: redirected to a malformed host name") from None
-        port = parts.port or (443 if scheme == "https" else 80)
-        authority = parts.netloc.rpartition("@")[2]
-        if not authority.isascii():
-            authority = host if parts.port is None else f"{host}:{parts.port}"
-        head = _request_head(authority, parts.path, parts.query, self._user_agent, headers)
-        key = (scheme, host, port)
+        head = _request_head(origin.authority, target, self._user_agent, headers)
+        key = (origin.scheme, origin.host, origin.port)
         idle = self._idle.setdefault(key, [])
         while True:
             connection = idle.pop() if idle else None
             kept = connection.transport if connection is not None else None
             reused = kept is not None and not kept.is_closing()
             if not reused:
-                connection = await self._connect(scheme, host, port)
+                connection = await self._connect(origin.scheme, origin.host, origin.port)
             assert connection is not None
             try:
                 await connection.exchange(head, limit)
@@ -335,12 +387,7 @@ class LeanReads:
                 raise
             answer = LeanAnswer(
                 connection.status,
-                CIMultiDictProxy(
-                    CIMultiDict(
-                        (name.decode("latin-1"), value.decode("latin-1"))
-                        for name, value in connection.headers
-                    )
-                ),
+                _Headers(connection.headers),
                 connection.chunks,
                 connection.broken,
                 connection.hint,
@@ -411,14 +458,32 @@ def _absolute(base: str, location: str) -> str:
 
 
 def _request_head(
-    authority: str, path: str, query: str, user_agent: str, headers: Mapping[str, str]
+    authority: str, target: str, user_agent: str, headers: Mapping[str, str]
 ) -> bytes:
-    target = _quoted(path or "/")
-    if query:
-        target += "?" + _quoted(query)
     lines = [f"GET {target} HTTP/1.1", f"Host: {authority}", f"User-Agent: {user_agent}"]
     for name, value in headers.items():
         if any(c in name or c in value for c in "\r\n\0"):
             raise TransferError(f"read: header {name!r} holds a line break", retryable=False)
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def _origin(text: str) -> _Origin:
+    """What a connection to ``text`` (``scheme://authority``) needs; TransferError when it
+    cannot be reached (no http or https, no host, a malformed name), ValueError for a port
+    that is no number or a broken IPv6 literal."""
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise TransferError(f"read: cannot follow a redirect to a {scheme or 'relative'} URL")
+    host = parts.hostname
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise TransferError("read: redirected to a malformed host name") from None
+    port = parts.port or (443 if scheme == "https" else 80)
+    authority = parts.netloc.rpartition("@")[2]
+    if not authority.isascii():
+        authority = host if parts.port is None else f"{host}:{parts.port}"
+    return _Origin(text, scheme, host, port, authority, origin_of_parts(parts))
