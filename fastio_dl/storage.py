@@ -54,7 +54,7 @@ class EmptyAtStart:
             self._known[directory] = _holds_nothing(directory)
         return self._known[directory]
 
-    def exists(self, path: str) -> bool:
+    def exists(self, path: str | Path) -> bool:
         """Whether a planned file is there already: no stat when its directory held nothing.
         On the event loop: one stat at most, where a thread hop per file would cost more."""
         if self.holds_nothing(os.path.dirname(path) or "."):

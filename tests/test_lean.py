@@ -379,3 +379,100 @@ def test_a_redirect_to_a_malformed_host_name_is_a_clear_error() -> None:
             reads.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("url", "base", "expected"),
+    [
+        # plain absolute URLs: cut without urlsplit
+        (
+            "http://127.0.0.1:8080/a/b?x=1&y=%2F#frag",
+            None,
+            (
+                "http",
+                "127.0.0.1",
+                8080,
+                "127.0.0.1:8080",
+                ("http", "127.0.0.1", 8080),
+                "/a/b?x=1&y=%2F",
+            ),
+        ),
+        (
+            "HTTPS://Files.Example.COM",
+            None,
+            (
+                "https",
+                "files.example.com",
+                443,
+                "Files.Example.COM",
+                ("https", "files.example.com", None),
+                "/",
+            ),
+        ),
+        (
+            "http://user:pw@[::1]:81/x?",
+            None,
+            ("http", "::1", 81, "[::1]:81", ("http", "::1", 81), "/x"),
+        ),
+        # anything else: resolved and encoded the long way
+        (
+            "/moved?to=a b",
+            "http://h:9/read/?token=t",
+            ("http", "h", 9, "h:9", ("http", "h", 9), "/moved?to=a%20b"),
+        ),
+        (
+            " http://h/a b/\u00e9 ",
+            "http://other/",
+            ("http", "h", 80, "h", ("http", "h", None), "/a%20b/%C3%A9"),
+        ),
+        (
+            "http://b\u00fccher.example/x",
+            None,
+            (
+                "http",
+                "xn--bcher-kva.example",
+                80,
+                "xn--bcher-kva.example",
+                ("http", "b\u00fccher.example", None),
+                "/x",
+            ),
+        ),
+    ],
+)
+def test_addresses_split_the_same_whichever_way_they_are_cut(
+    url: str, base: str | None, expected: tuple[Any, ...]
+) -> None:
+    reads = lean()
+    origin, target = reads._split(url, base=base)
+    got = (origin.scheme, origin.host, origin.port, origin.authority, origin.who, target)
+    assert got == expected
+    # The origin is remembered, and the same URL cut again gives the same answer.
+    assert reads._split(url, base=base) == (origin, target)
+
+
+def test_remembered_origins_are_bounded() -> None:
+    from fastio_dl.client.lean import ORIGINS_KEPT
+
+    reads = lean()
+    for n in range(ORIGINS_KEPT * 2 + 1):
+        reads._split(f"http://host-{n}.example/file")
+    assert 0 < len(reads._origins) <= ORIGINS_KEPT
+
+
+def test_a_scheme_that_is_not_http_is_refused_however_the_address_is_cut() -> None:
+    reads = lean()
+    for url in ("ftp://h/x", "file:///etc/passwd", "http:///no-host"):
+        with pytest.raises(TransferError, match="cannot follow a redirect"):
+            reads._split(url)
+
+
+def test_an_answers_headers_are_found_whatever_their_case() -> None:
+    from fastio_dl.client.lean import _Headers
+
+    headers = _Headers([(b"Content-Length", b"5"), (b"location", b"/x\xe9"), (b"X-A", b"1")])
+    assert headers["content-length"] == "5"
+    assert headers.get("Location") == "/x\u00e9"  # latin-1, as aiohttp decodes them
+    assert headers.get("Content-Range") is None and "x-a" in headers
+    assert list(headers) == ["Content-Length", "location", "X-A"] and len(headers) == 3
+    with pytest.raises(KeyError):
+        headers["Retry-After"]

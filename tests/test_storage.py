@@ -85,6 +85,19 @@ def test_empty_at_start_keeps_its_first_answer(tmp_path: Path) -> None:
     assert not empty.exists(fresh / "new.bin")
 
 
+def test_empty_at_start_reads_a_bare_name_as_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-d .`` spells local paths without a directory: "." is where they are."""
+    from fastio_dl.storage import EmptyAtStart
+
+    (tmp_path / "old.bin").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    empty = EmptyAtStart()
+    assert empty.exists("old.bin")
+    assert not empty.exists("other.bin")
+
+
 def test_leftovers_are_read_once_per_directory_and_only_named_ones_go(tmp_path: Path) -> None:
     from fastio_dl.storage import Leftovers
 
