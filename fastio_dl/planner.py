@@ -74,8 +74,9 @@ class Planner:
     claimed: Claims = field(default_factory=Claims)
     done: set[int] = field(default_factory=set)  # id() of each target planned completely
     # Told of a page's files (claimed, numbered) before they are queued: the sync policy looks
-    # up their records in one query instead of one per file.
-    lookahead: Callable[[list[PlanItem]], None] | None = None
+    # up their records in one query instead of one per file, and the files it settles there
+    # (up to date) come back by key, not to be queued.
+    lookahead: Callable[[list[PlanItem]], set[int]] | None = None
     _next_key: int = 0
     _details_gate: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(DETAILS_CONCURRENCY)
@@ -125,9 +126,10 @@ class Planner:
         for item in items:
             self._next_key += 1
             item.key = self._next_key
-        if self.lookahead is not None:
-            self.lookahead(items)
+        settled = self.lookahead(items) if self.lookahead is not None else None
         for entry in entries:
+            if settled and isinstance(entry, PlanItem) and entry.key in settled:
+                continue
             await self.out.put(entry)
 
     async def _emit(self, entry: PlanEntry) -> None:

@@ -43,8 +43,17 @@ class LocalPolicy(Protocol):
     ``final`` is the file's local path (``str(dest / item.relpath)``).
     """
 
+    #: whether records of earlier runs say which files are current (sync): the pipeline then
+    #: asks :meth:`up_to_date` of a listing page's files before queueing them
+    tracked: bool
+
     def prefetch(self, items: list[PlanItem]) -> None:
         """Files about to be decided (a listing page's): what they need, read at once."""
+        ...
+
+    def up_to_date(self, item: PlanItem, final: str) -> bool:
+        """Whether the record and a stat say the local file is the remote one as it is: then
+        nothing else need be decided (a file that is not keeps what :meth:`decide` needs)."""
         ...
 
     async def decide(self, item: PlanItem, final: str) -> Decision: ...
@@ -64,12 +73,17 @@ class LocalPolicy(Protocol):
 class GetPolicy:
     """``get``: skip a local file with the same size and hash; otherwise replace (or keep)."""
 
+    tracked = False
+
     def __init__(self, no_clobber: bool) -> None:
         self.no_clobber = no_clobber
         self.local = EmptyAtStart()  # what was on disk before this run
 
     def prefetch(self, items: list[PlanItem]) -> None:
         return None
+
+    def up_to_date(self, item: PlanItem, final: str) -> bool:
+        return False
 
     async def decide(self, item: PlanItem, final: str) -> Decision:
         if not self.local.exists(final):
@@ -103,6 +117,7 @@ class SyncPolicy:
     """
 
     AHEAD = 4096  # more than the plan queue and the pages being planned hold
+    tracked = True
 
     def __init__(self, state: State, *, dry_run: bool, fsync_each: bool = False) -> None:
         self.state = state
@@ -123,21 +138,34 @@ class SyncPolicy:
         for path in paths:
             self._ahead[path] = found.get(path)
 
-    def _record(self, path: str) -> Record | None:
+    def _record(self, path: str, *, take: bool = True) -> Record | None:
+        """The record of ``path``: read ahead (``take``: and forgotten there), or read now."""
         for ahead in (self._ahead, self._older):
             if path in ahead:
-                return ahead.pop(path)
+                return ahead.pop(path) if take else ahead[path]
         return self.state.get(path)
 
-    async def decide(self, item: PlanItem, final: str) -> Decision:
+    def up_to_date(self, item: PlanItem, final: str, *, take: bool = False) -> bool:
+        """The record matches the remote file (node, version, hash, size) and the local file
+        still has the size and mtime recorded. The record read ahead is forgotten only when the
+        file is up to date (``take``: whatever the answer, as :meth:`decide` does)."""
         remote = item.remote
-        record = self._record(item.relpath)
-        if (
+        path = item.relpath
+        record = self._record(path, take=take)
+        current = (
             record is not None
             and (record.node_id, record.version, record.hash, record.size)
             == (remote.node_id, remote.version, remote.hash, remote.size)
             and local_matches_record(final, record)
-        ):
+        )
+        if current and not take:
+            for ahead in (self._ahead, self._older):
+                ahead.pop(path, None)
+        return current
+
+    async def decide(self, item: PlanItem, final: str) -> Decision:
+        remote = item.remote
+        if self.up_to_date(item, final, take=True):
             return UP_TO_DATE
         if self.local.exists(final):
             path = Path(final)

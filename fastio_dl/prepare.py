@@ -22,7 +22,7 @@ from fastio_dl.fetch import Fetcher
 from fastio_dl.ledger import Ledger
 from fastio_dl.models import STATE_DIR, PlanEntry, PlanItem
 from fastio_dl.names import PathGuard
-from fastio_dl.policy import Decision, LocalPolicy, in_shard
+from fastio_dl.policy import UP_TO_DATE, Decision, LocalPolicy, in_shard
 from fastio_dl.storage import DiskSpace, Leftovers, part_path
 
 SMALL_FILE = 1024 * 1024  # up to this size a file is verified in memory and written in one step
@@ -60,6 +60,33 @@ class Preparer:
         """Whether this host downloads ``item`` (``--shard``: another host may)."""
         shard = self.settings.shard
         return shard is None or in_shard(item.remote.node_id, shard)
+
+    def look_ahead(self, items: list[PlanItem]) -> set[int]:
+        """A listing page's files (claimed, numbered), before they are queued: the policy reads
+        what it needs of them at once, and those that its records say are up to date are
+        reported here and now (their keys come back: the planner does not queue them). A
+        million unchanged files then cost a record, a stat and their report each, without a
+        trip through the plan queue and a preparer."""
+        policy, ledger = self.policy, self.ledger
+        policy.prefetch(items)
+        if not policy.tracked or ledger.stop_new:
+            return set()
+        settled: set[int] = set()
+        for item in items:
+            if item.remote.kind == "note" or not self.wanted(item):
+                continue  # a note is decided on its version; another host's file is not ours
+            if item.relpath.partition("/")[0] == STATE_DIR:
+                continue  # refused by the preparer, with its reason
+            final = ledger.local(item.relpath)
+            try:
+                self.guard.check(final)
+            except FastioDlError:
+                continue  # the preparer reports it
+            if policy.up_to_date(item, final):
+                ledger.reporter.emit(FileQueued(item.key, final, item.remote.size))
+                self._skip(item, final, UP_TO_DATE)
+                settled.add(item.key)
+        return settled
 
     async def prepare(self, entry: PlanEntry) -> Ready | None:
         """One plan entry: report skips and failures; for a file, the local decision, disk

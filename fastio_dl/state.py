@@ -81,7 +81,20 @@ class State:
         return None if row is None else Record._make(row)
 
     def get_many(self, paths: list[str]) -> dict[str, Record]:
-        """The records of ``paths`` that exist, in one query per ``QUERY_PATHS`` of them."""
+        """The records of ``paths`` that exist. A listing page's paths lie side by side in
+        the table: one range of it is read (bounded), and only when that range holds many
+        other records, one query per ``QUERY_PATHS`` paths."""
+        if not paths:
+            return {}
+        # SQLite orders TEXT by its UTF-8 bytes, which is Python's order of code points.
+        limit = 2 * len(paths) + 64
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE path BETWEEN ? AND ? LIMIT ?",
+            (min(paths), max(paths), limit),
+        ).fetchall()
+        if len(rows) < limit:
+            wanted = set(paths)
+            return {row[0]: Record._make(row) for row in rows if row[0] in wanted}
         query = f"SELECT {_COLUMNS} FROM files WHERE path IN ({{}})"
         return {
             row[0]: Record._make(row) for rows in _queries(self.db, query, paths) for row in rows
@@ -175,15 +188,20 @@ class Claims:
         import sqlite3
 
         self.db: sqlite3.Connection = sqlite3.connect("", isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=OFF")  # nothing to recover: the data dies with us
+        # Nothing to recover after a crash (the data dies with us), but a page's claims must
+        # be undone when one of them is taken: the journal is kept in memory.
+        self.db.execute("PRAGMA journal_mode=MEMORY")
         self.db.execute("PRAGMA synchronous=OFF")
+        # One index, by folded path: a path has one folded form, so it is unique too; the run's
+        # paths are read in order once, at its end (a sort), not kept in order at every claim.
         self.db.execute(
-            "CREATE TABLE claims (folded TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE,"
-            " context_id TEXT NOT NULL, node_id TEXT NOT NULL)"
+            "CREATE TABLE claims (folded TEXT PRIMARY KEY, path TEXT NOT NULL,"
+            " context_id TEXT NOT NULL, node_id TEXT NOT NULL) WITHOUT ROWID"
         )
         # Paths this run leaves alone without claiming them (a saved note, without --notes):
         # not "gone", so sync --delete keeps them; they take no part in collisions.
         self.db.execute("CREATE TABLE kept (path TEXT PRIMARY KEY)")
+        self._taken = sqlite3.IntegrityError
         self._count = 0
         self._uncommitted = 0
 
@@ -209,18 +227,21 @@ class Claims:
     def claim_all(self, claims: list[tuple[str, tuple[str, str]]]) -> bool:
         """Claim every path of ``claims`` (path, owner) at once, when none of them is taken, not
         even in another case, and no two of them are one: a listing page's usual case, in two
-        statements instead of one per path. False: nothing changed (claim them one by one)."""
+        statement instead of one per path. False: nothing changed (claim them one by one)."""
         rows = [(path.casefold(), path, *owner) for path, owner in claims]
-        folded = [row[0] for row in rows]
-        if len(set(folded)) != len(folded):
-            return False
-        # Looked up first, not inserted and undone: without a journal nothing can be undone.
-        query = "SELECT 1 FROM claims WHERE folded IN ({}) LIMIT 1"
-        if any(rows.fetchone() for rows in _queries(self.db, query, folded)):
-            return False
         if not self._uncommitted:
             self.db.execute("BEGIN")
-        self.db.executemany("INSERT INTO claims VALUES (?,?,?,?)", rows)
+        # Inserted at once, and undone when one of them was taken (or two of them are one).
+        self.db.execute("SAVEPOINT page")
+        try:
+            self.db.executemany("INSERT INTO claims VALUES (?,?,?,?)", rows)
+        except self._taken:
+            self.db.execute("ROLLBACK TO page")
+            self.db.execute("RELEASE page")
+            if not self._uncommitted:
+                self.db.execute("COMMIT")  # the transaction begun here holds nothing
+            return False
+        self.db.execute("RELEASE page")
         self._count += len(rows)
         self._uncommitted += len(rows)
         if self._uncommitted >= self.COMMIT_EVERY:

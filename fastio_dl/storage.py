@@ -125,12 +125,15 @@ class Leftovers:
                     os.unlink(os.path.join(directory, leftover))
 
 
+_LEFTOVER_SUFFIXES = (PART_SUFFIX, SIDECAR_SUFFIX)
+
+
 def _leftovers_in(directory: str) -> set[str]:
     try:
-        with os.scandir(directory or ".") as entries:
-            return {e.name for e in entries if e.name.endswith((PART_SUFFIX, SIDECAR_SUFFIX))}
+        names = os.listdir(directory or ".")  # names only: no entry objects for a thousand files
     except OSError:
         return set()
+    return {name for name in names if name.endswith(_LEFTOVER_SUFFIXES)}
 
 
 class DiskSpace:

@@ -125,7 +125,7 @@ class Engine:
         ready_q: asyncio.Queue[Ready | None] = asyncio.Queue(self.settings.concurrency)
         self.dest.mkdir(parents=True, exist_ok=True)
         planner = Planner(
-            self.client, plan_q, notes=self.settings.notes, lookahead=self.policy.prefetch
+            self.client, plan_q, notes=self.settings.notes, lookahead=self.prep.look_ahead
         )
         n = self.settings.concurrency
         self._preparers = n

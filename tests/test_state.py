@@ -33,6 +33,14 @@ def test_a_page_is_claimed_whole_or_not_at_all() -> None:
     assert next(claims.paths()) == "d/a.bin"
 
 
+def test_a_page_refused_first_leaves_no_transaction_behind() -> None:
+    claims = Claims()
+    assert not claims.claim_all([("a.bin", OWNER), ("A.bin", ("ctx", "node-b"))])
+    assert claims.claim_all([("b.bin", OWNER), ("c.bin", OWNER)])
+    assert claims.claim("a.bin", OWNER)
+    assert list(claims.paths()) == ["a.bin", "b.bin", "c.bin"] and len(claims) == 3
+
+
 def _item(path: str) -> PlanItem:
     remote = RemoteFile("workspace", "ctx", "n" + path, path, 3, "ab", "md5", "1")
     return PlanItem(Target(parse_ref("ws:3867689418901071163/root")), remote, path)
@@ -64,13 +72,27 @@ async def test_records_are_read_a_page_at_a_time(state: State, tmp_path: Path) -
     items = [_item(f"f{i:04d}.bin") for i in range(999)] + [_item("new.bin")]
     selects = _selects(state)
     policy.prefetch(items)
-    assert len(selects) == 2  # 1,000 paths: two queries
+    assert len(selects) == 1  # 1,000 paths side by side: one range of the table
     decisions = [await policy.decide(item, str(tmp_path / item.relpath)) for item in items]
-    assert len(selects) == 2  # every file decided from what was read ahead
+    assert len(selects) == 1  # every file decided from what was read ahead
     assert all(d.skip is not None for d in decisions[:-1]) and decisions[-1].skip is None
     # A file not read ahead (decided twice here) is looked up on its own.
     await policy.decide(items[0], str(tmp_path / items[0].relpath))
-    assert len(selects) == 3
+    assert len(selects) == 2
+
+
+def test_records_far_apart_are_read_by_name(state: State) -> None:
+    """Paths whose range holds many other records are not read through that range."""
+    paths = ["f0000.bin", "f0600.bin", "f1199.bin", "missing.bin"]
+    selects = _selects(state)
+    found = state.get_many(paths)
+    assert sorted(found) == paths[:3]
+    assert found["f0600.bin"].node_id == "nf0600.bin"
+    assert len(selects) == 2 and "BETWEEN" in selects[0] and " IN (" in selects[1]
+    # Side by side: one range, and only the records asked for come back.
+    selects.clear()
+    assert sorted(state.get_many(["f0010.bin", "f0012.bin"])) == ["f0010.bin", "f0012.bin"]
+    assert len(selects) == 1
 
 
 async def test_records_read_ahead_and_never_decided_are_let_go(

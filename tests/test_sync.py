@@ -413,3 +413,40 @@ def test_a_dry_run_lists_what_it_would_delete(tracked, flags: list[str], verb: s
     assert sorted(
         line for line in real.stderr.splitlines() if line.startswith("deleted:")
     ) == sorted(f"deleted: {dest / n.name}" for n in nodes[:2])
+
+
+def test_a_large_unchanged_tree_is_settled_page_by_page_yet_checked_file_by_file(
+    make_served, tmp_path: Path
+) -> None:
+    """Up-to-date files are reported as their listing page is planned (not queued); each once,
+    and a file changed locally, or under a directory that now leads outside, is not among them."""
+    served: Served = make_served(DatasetSpec(files=300, depth=1, fanout=2, notes=0, links=0))
+    manifest = write_manifest(tmp_path / "m.txt", [f"ws:{served.ws}/root"])
+    dest = tmp_path / "dest"
+    assert served.cli("sync", str(manifest), "-d", str(dest), "--json").exit_code == 0
+    finals = sorted(p for p in dest.rglob("*") if p.is_file() and ".fastio-dl" not in p.parts)
+    folders = sorted({p.parent for p in finals} - {dest})
+    assert len(finals) == 300 and len(folders) == 2
+    edited = [p for p in finals if p.parent == folders[0]][-1]  # late in its page
+    edited.write_bytes(b"edited here")
+    outside = tmp_path / "outside"
+    folders[1].rename(outside)
+    folders[1].symlink_to(outside)
+    served.server.call(served.emulator.reset_counters)
+    again = served.cli("sync", str(manifest), "-d", str(dest), "--json")
+    assert again.exit_code != 0
+    by_path: dict[str, list[dict[str, object]]] = {}
+    for line in again.files():
+        by_path.setdefault(str(line["path"]), []).append(line)
+    assert sorted(by_path) == sorted(map(str, finals)) and all(
+        len(v) == 1 for v in by_path.values()
+    )
+    status = {path: lines[0]["status"] for path, lines in by_path.items()}
+    assert status[str(edited)] == "downloaded" and edited.read_bytes() != b"edited here"
+    assert {status[str(p)] for p in finals if p.parent == folders[1]} == {"failed"}
+    assert all(
+        status[str(p)] == "skipped" for p in finals if p.parent != folders[1] and p != edited
+    )
+    behind_link = [p for p in finals if p.parent == folders[1]][-1]
+    assert "outside the destination" in str(by_path[str(behind_link)][0]["error"])
+    assert served.emulator.counters["read"] == 1
