@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fastio_dl.names import directory_of
+
 FLUSH_FILES = 2048  # files per group sync, at most (a group also ends after FLUSH_SECONDS)
 FLUSH_SECONDS = 0.25
 FLUSH_BACKLOG = 4 * FLUSH_FILES  # files waiting for a sync before writers are held back
@@ -113,7 +115,7 @@ class Flusher:
     ) -> None:
         """Call ``done(None)`` once ``path`` (written, named) is durable, or ``done(error)``.
         ``synced``: its bytes were fsynced before it got its name; only the name is left."""
-        directory = os.path.dirname(path) or "."
+        directory = directory_of(path)
         if synced or self.each:
             self._dirs.add(directory)
         else:

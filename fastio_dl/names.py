@@ -81,6 +81,12 @@ def safe_relpath(parts: list[str]) -> str:
     return path
 
 
+def directory_of(path: str | os.PathLike[str]) -> str:
+    """The directory holding ``path``, as a string: "." for a bare name (``-d .`` spells
+    local paths without one), where ``os.path.dirname`` gives ""."""
+    return os.path.dirname(path) or "."
+
+
 def ensure_inside(dest: Path, path: Path) -> Path:
     """Refuse a path that resolves (through symlinks) outside ``dest``."""
     root = dest.resolve()

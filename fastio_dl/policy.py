@@ -145,27 +145,18 @@ class SyncPolicy:
                 return ahead.pop(path) if take else ahead[path]
         return self.state.get(path)
 
-    def up_to_date(self, item: PlanItem, final: str, *, take: bool = False) -> bool:
-        """The record matches the remote file (node, version, hash, size) and the local file
-        still has the size and mtime recorded. The record read ahead is forgotten only when the
-        file is up to date (``take``: whatever the answer, as :meth:`decide` does)."""
-        remote = item.remote
-        path = item.relpath
-        record = self._record(path, take=take)
-        current = (
-            record is not None
-            and (record.node_id, record.version, record.hash, record.size)
-            == (remote.node_id, remote.version, remote.hash, remote.size)
-            and local_matches_record(final, record)
-        )
-        if current and not take:
-            for ahead in (self._ahead, self._older):
-                ahead.pop(path, None)
-        return current
+    def up_to_date(self, item: PlanItem, final: str) -> bool:
+        """The record read ahead is forgotten only when the file is up to date: one that is
+        not keeps it for :meth:`decide`."""
+        if not _current(item, final, self._record(item.relpath, take=False)):
+            return False
+        for ahead in (self._ahead, self._older):
+            ahead.pop(item.relpath, None)
+        return True
 
     async def decide(self, item: PlanItem, final: str) -> Decision:
         remote = item.remote
-        if self.up_to_date(item, final, take=True):
+        if _current(item, final, self._record(item.relpath)):
             return UP_TO_DATE
         if self.local.exists(final):
             path = Path(final)
@@ -213,6 +204,18 @@ class SyncPolicy:
             return None
         staged, self._staged = self._staged, []
         return functools.partial(self.state.put_many, staged)
+
+
+def _current(item: PlanItem, final: str, record: Record | None) -> bool:
+    """The record matches the remote file (node, version, hash, size) and the local file
+    still has the size and mtime recorded."""
+    remote = item.remote
+    return (
+        record is not None
+        and (record.node_id, record.version, record.hash, record.size)
+        == (remote.node_id, remote.version, remote.hash, remote.size)
+        and local_matches_record(final, record)
+    )
 
 
 def in_shard(node_id: str, shard: tuple[int, int]) -> bool:

@@ -75,13 +75,11 @@ class Preparer:
         for item in items:
             if item.remote.kind == "note" or not self.wanted(item):
                 continue  # a note is decided on its version; another host's file is not ours
-            if item.relpath.partition("/")[0] == STATE_DIR:
-                continue  # refused by the preparer, with its reason
             final = ledger.local(item.relpath)
             try:
-                self.guard.check(final)
+                self._check_local(item, final)
             except FastioDlError:
-                continue  # the preparer reports it
+                continue  # the preparer refuses it, with its reason
             if policy.up_to_date(item, final):
                 ledger.reporter.emit(FileQueued(item.key, final, item.remote.size))
                 self._skip(item, final, UP_TO_DATE)
@@ -112,13 +110,18 @@ class Preparer:
             ledger.fail(entry, Kind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         return None
 
-    async def _decide(self, entry: PlanItem, final: str) -> Ready | None:
+    def _check_local(self, entry: PlanItem, final: str) -> None:
+        """Refuse a local path fastio-dl must not write: its own state directory, or one that
+        leads outside the destination."""
         if entry.relpath.partition("/")[0] == STATE_DIR:
             raise TransferError(
                 f"{STATE_DIR} is reserved for fastio-dl's own state; "
                 "give this file another DEST in a manifest"
             )
         self.guard.check(final)
+
+    async def _decide(self, entry: PlanItem, final: str) -> Ready | None:
+        self._check_local(entry, final)
         if entry.remote.kind == "note":
             if self.policy.note_is_current(entry, final):
                 self.ledger.finish_after_sync(entry, Kind.UP_TO_DATE, 0, "up to date", None)

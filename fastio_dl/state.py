@@ -226,7 +226,7 @@ class Claims:
 
     def claim_all(self, claims: list[tuple[str, tuple[str, str]]]) -> bool:
         """Claim every path of ``claims`` (path, owner) at once, when none of them is taken, not
-        even in another case, and no two of them are one: a listing page's usual case, in two
+        even in another case, and no two of them are one: a listing page's usual case, in one
         statement instead of one per path. False: nothing changed (claim them one by one)."""
         rows = [(path.casefold(), path, *owner) for path, owner in claims]
         if not self._uncommitted:

@@ -29,6 +29,7 @@ from fastio_dl.blockio import (
 from fastio_dl.errors import DiskSpaceError, IntegrityError, WriteError, human_bytes
 from fastio_dl.hashing import digest_of, hash_file, new_hasher
 from fastio_dl.models import PART_SUFFIX, SIDECAR_SUFFIX
+from fastio_dl.names import directory_of
 
 DISK_MARGIN = 1024 * 1024
 
@@ -57,7 +58,7 @@ class EmptyAtStart:
     def exists(self, path: str | Path) -> bool:
         """Whether a planned file is there already: no stat when its directory held nothing.
         On the event loop: one stat at most, where a thread hop per file would cost more."""
-        if self.holds_nothing(os.path.dirname(path) or "."):
+        if self.holds_nothing(directory_of(path)):
             return False
         return os.path.exists(path)
 
@@ -245,7 +246,7 @@ def _write_part(final: Path, data: bytes, sync: bool) -> None:
 def _write_unnamed(final: Path, data: bytes, sync: bool) -> bool:
     """Write ``final`` through an unnamed file; False when its directory does not exist yet."""
     try:
-        fd = os.open(os.path.dirname(final) or ".", os.O_WRONLY | _O_TMPFILE, 0o644)
+        fd = os.open(directory_of(final), os.O_WRONLY | _O_TMPFILE, 0o644)
     except FileNotFoundError:
         return False
     try:
